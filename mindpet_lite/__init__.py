@@ -1,0 +1,21 @@
+"""mindpet_lite: a small, checked LoRA toolkit for MindSpore, a drop-in for MindPet."""
+__version__ = "0.1.0"
+
+from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.graph.freeze import (
+    freeze_delta,
+    freeze_from_config,
+    freeze_modules,
+    get_adapter_params,
+    trainable_params_report,
+)
+
+__all__ = [
+    "__version__",
+    "LoRADense",
+    "freeze_modules",
+    "freeze_delta",
+    "freeze_from_config",
+    "get_adapter_params",
+    "trainable_params_report",
+]

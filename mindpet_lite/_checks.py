@@ -1,0 +1,114 @@
+"""Argument checks shared by every layer of the toolkit.
+
+Each check raises a built-in exception whose message names the argument, the value received and
+what is allowed, e.g. ``lora_rank must be an int > 0, got 0 (int)``. Checks run before any work.
+"""
+import difflib
+import numbers
+
+import mindspore as ms
+from mindspore import dtype as mstype
+
+FLOAT_DTYPES = {"float16": mstype.float16, "float32": mstype.float32, "bfloat16": mstype.bfloat16}
+
+
+def describe(value):
+    """`value (type)` for error messages."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def is_int(value):
+    """True for a real int: bool is not an int here."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value):
+    """True for an int or float, not bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive_int(name, value):
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int > 0, got {describe(value)}")
+    if value <= 0:
+        raise ValueError(f"{name} must be an int > 0, got {describe(value)}")
+    return int(value)
+
+
+def check_lora_alpha(name, value):
+    if not is_number(value):
+        raise TypeError(f"{name} must be an int or float other than 0, got {describe(value)}")
+    if value == 0:
+        raise ValueError(f"{name} must be an int or float other than 0, got {describe(value)}")
+    return value
+
+
+def check_dropout(name, value):
+    """A float in [0, 1); an int (even 0) is refused, as in MindPet."""
+    if not isinstance(value, float):
+        raise TypeError(f"{name} must be a float in [0.0, 1.0), got {describe(value)}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0.0, 1.0), got {describe(value)}")
+    return value
+
+
+def to_float_dtype(name, value, allow_none=False):
+    """A MindSpore float dtype from a dtype or its name ('float16', 'float32', 'bfloat16')."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str) and value in FLOAT_DTYPES:
+        return FLOAT_DTYPES[value]
+    if isinstance(value, ms.dtype.Type) and value in FLOAT_DTYPES.values():
+        return value
+    allowed = "mindspore float16, float32 or bfloat16 (or their names)"
+    if allow_none:
+        allowed += ", or None"
+    raise TypeError(f"{name} must be {allowed}, got {describe(value)}")
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return value
+
+
+def check_str(name, value, allow_empty=False):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {describe(value)}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must be a non-empty string, got {describe(value)}")
+    return value
+
+
+def check_str_list(name, value):
+    """A non-empty list of strings (MindPet's include / exclude lists)."""
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"{name} must be a non-empty list of strings, got {describe(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must be a non-empty list of strings, got item {describe(item)}")
+    return value
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {describe(value)}")
+    return value
+
+
+def closest(key, valid):
+    """The valid key closest to a misspelled one, or None."""
+    hits = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.6)
+    return hits[0] if hits else None
+
+
+def check_known_keys(section, keys, valid):
+    """Raise ValueError for the first key not in `valid`, suggesting the closest valid one."""
+    for key in keys:
+        if key not in valid:
+            hint = closest(key, valid)
+            hint = f"; did you mean '{hint}'?" if hint else ""
+            raise ValueError(f"{section}: unknown key '{key}'{hint} (valid keys: {', '.join(sorted(valid))})")

@@ -1,0 +1,1 @@
+"""mindpet_lite.data"""
