@@ -1,0 +1,12 @@
+"""Freezing and parameter helpers, with MindPet's include / exclude semantics."""
+from mindpet_lite.graph.freeze import (
+    freeze_delta,
+    freeze_from_config,
+    freeze_modules,
+    get_adapter_params,
+    set_trainable_params,
+    trainable_params_report,
+)
+
+__all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params",
+           "set_trainable_params", "trainable_params_report"]
