@@ -28,6 +28,12 @@ def _check_init(name, init, shape):
         raise TypeError(f"{name} must be a Tensor, a str, an Initializer or a number, got {_checks.describe(init)}")
     if isinstance(init, Tensor) and tuple(init.shape) != tuple(shape):
         raise ValueError(f"{name} must be a 2-D Tensor of shape {list(shape)}, got shape {list(init.shape)}")
+    if isinstance(init, str):
+        try:
+            initializer(init, [1, 1])  # lazy: only resolves the name
+        except ValueError as err:
+            raise ValueError(f"{name} must name a mindspore initializer ('normal', 'zeros', 'he_uniform', ...), "
+                             f"got {_checks.describe(init)}") from err
 
 
 def _init(init, shape, dtype):

@@ -209,6 +209,7 @@ def test_rank_below_two_input_is_refused():
     ({"lora_a_init": Tensor(np.zeros((2,), np.float32))}, ValueError, "lora_a_init"),
     ({"lora_b_init": Tensor(np.zeros((4, 3), np.float32))}, ValueError, "lora_b_init"),
     ({"lora_b_init": [1, 2]}, TypeError, "lora_b_init"),
+    ({"lora_b_init": "bogus"}, ValueError, "lora_b_init"),
     ({"param_init_type": ms.int32}, TypeError, "param_init_type"),
     ({"param_init_type": "float64"}, TypeError, "param_init_type"),
     ({"compute_dtype": np.float32}, TypeError, "compute_dtype"),

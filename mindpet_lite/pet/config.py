@@ -1,0 +1,182 @@
+"""LoraConfig: MindFormers' `pet_config` block, parsed and checked once.
+
+The same object flows from the YAML to `get_pet_model` and into the adapter file's metadata, so the
+scaling is never re-derived from a default. A misspelled key is an error with the closest valid key:
+a silently ignored typo is the commonest way a LoRA run trains nothing.
+"""
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Optional
+
+import yaml
+from mindspore import Tensor
+from mindspore.common.initializer import Initializer, initializer
+
+from mindpet_lite import _checks
+
+PET_TYPES = ("lora",)
+
+
+def _dtype_name(dtype):
+    for name, value in _checks.FLOAT_DTYPES.items():
+        if dtype == value:
+            return name
+    return None
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """LoRA settings with MindFormers' `pet_config` keys and defaults (plus `use_rslora`).
+
+    target_modules: a regex; a cell is a target when it re.match-es the cell's attribute name (e.g.
+        `wq`) or re.fullmatch-es its dotted path (`model.layers.3.attention.wq`). A list of strings
+        is taken as alternatives of one regex.
+    exclude_layers: a regex or list of regexes (same two rules); a matching cell is skipped with its
+        whole subtree.
+    param_init_type / compute_dtype: None inherits the replaced layer's dtype.
+    freeze_include / freeze_exclude: MindPet globs applied after everything but LoRA is frozen.
+    """
+
+    pet_type: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: Any = 16
+    lora_dropout: float = 0.01
+    lora_a_init: Any = "normal"
+    lora_b_init: Any = "zero"
+    param_init_type: Any = None
+    compute_dtype: Any = None
+    target_modules: Any = None
+    exclude_layers: Any = None
+    freeze_include: Optional[list] = None
+    freeze_exclude: Optional[list] = None
+    use_rslora: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def keys(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data, section="pet_config"):
+        """From a mapping of pet_config keys; unknown keys are errors naming the closest key."""
+        if isinstance(data, LoraConfig):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"{section} must be a mapping of LoRA keys, got {_checks.describe(data)}")
+        _checks.check_known_keys(section, data.keys(), cls.keys())
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path):
+        """From a YAML file holding only the block, a `pet_config:` mapping, or a whole MindFormers
+        run YAML (model.model_config.pet_config)."""
+        if not isinstance(path, str) or not path:
+            raise TypeError(f"path must be a non-empty string, got {_checks.describe(path)}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pet_config YAML not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping, got {_checks.describe(data)}")
+        if "model" in data:
+            block = ((data.get("model") or {}).get("model_config") or {}).get("pet_config")
+            if block is None:
+                raise ValueError(f"{path}: a run YAML must carry model.model_config.pet_config")
+            return cls.from_dict(block, section=f"{path}: model.model_config.pet_config")
+        if "pet_config" in data:
+            return cls.from_dict(data["pet_config"], section=f"{path}: pet_config")
+        return cls.from_dict(data, section=path)
+
+    def to_dict(self):
+        """JSON-able dict (dtypes by name) that `from_dict` reads back."""
+        out = dataclasses.asdict(self)
+        for key in ("param_init_type", "compute_dtype"):
+            if out[key] is not None:
+                out[key] = _dtype_name(out[key])
+        for key in ("lora_a_init", "lora_b_init"):
+            if not isinstance(out[key], (str, int, float)):
+                out[key] = type(out[key]).__name__
+        return out
+
+    @property
+    def scaling(self):
+        """alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
+        return self.lora_alpha / (math.sqrt(self.lora_rank) if self.use_rslora else self.lora_rank)
+
+    @property
+    def target_regex(self):
+        return re.compile(self.target_modules)
+
+    @property
+    def exclude_regexes(self):
+        return [re.compile(p) for p in self.exclude_layers or []]
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self):
+        """Check every key; normalise pet_type, dtypes, and list forms of the patterns."""
+        if not isinstance(self.pet_type, str) or self.pet_type.lower() not in PET_TYPES:
+            raise ValueError(f"pet_type must be one of {list(PET_TYPES)}, got {_checks.describe(self.pet_type)}")
+        self.pet_type = self.pet_type.lower()
+        _checks.check_positive_int("lora_rank", self.lora_rank)
+        _checks.check_lora_alpha("lora_alpha", self.lora_alpha)
+        _checks.check_dropout("lora_dropout", self.lora_dropout)
+        _checks.check_bool("use_rslora", self.use_rslora)
+        for key in ("lora_a_init", "lora_b_init"):
+            self._check_init(key, getattr(self, key))
+        self.param_init_type = _checks.to_float_dtype("param_init_type", self.param_init_type, allow_none=True)
+        self.compute_dtype = _checks.to_float_dtype("compute_dtype", self.compute_dtype, allow_none=True)
+        self.target_modules = self._check_pattern("target_modules", self.target_modules)
+        if self.exclude_layers is not None:
+            patterns = [self.exclude_layers] if isinstance(self.exclude_layers, str) else self.exclude_layers
+            if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+                raise TypeError("exclude_layers must be a regex string or a list of regex strings, "
+                                f"got {_checks.describe(self.exclude_layers)}")
+            self.exclude_layers = [self._check_pattern("exclude_layers", p) for p in patterns]
+        for key in ("freeze_include", "freeze_exclude"):
+            value = getattr(self, key)
+            if value is not None:
+                _checks.check_str_list(key, value)
+
+    @staticmethod
+    def _check_init(key, value):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Initializer, Tensor)):
+            raise TypeError(f"{key} must be an initializer name, a number or an Initializer, "
+                            f"got {_checks.describe(value)}")
+        if isinstance(value, str):
+            try:
+                initializer(value, [1, 1])
+            except ValueError as err:
+                raise ValueError(f"{key} must name a mindspore initializer ('normal', 'zero', "
+                                 f"'he_uniform', ...), got {_checks.describe(value)}") from err
+
+    @staticmethod
+    def _check_pattern(key, value):
+        if value is None:
+            raise ValueError(f"{key} is missing: give a regex of the layers to adapt, "
+                             "e.g. '.*wq|.*wk|.*wv|.*wo'")
+        if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) and p for p in value):
+            value = "|".join(f"(?:{p})" for p in value)
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{key} must be a non-empty regex string (or a list of them), "
+                            f"got {_checks.describe(value)}")
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"{key} is not a valid regex: {value!r} ({err})") from err
+        return value
+
+
+def load_pet_config(source):
+    """A LoraConfig from a LoraConfig, a dict, or a YAML path (block or whole run YAML)."""
+    if isinstance(source, LoraConfig):
+        return source
+    if isinstance(source, dict):
+        return LoraConfig.from_dict(source)
+    if isinstance(source, str):
+        return LoraConfig.from_yaml(source)
+    raise TypeError(f"pet_config must be a LoraConfig, a dict or a YAML path, got {_checks.describe(source)}")
