@@ -1,1 +1,4 @@
-"""mindpet_lite.models"""
+"""mindpet_lite.models: a compact MindSpore Llama with MindFormers' parameter names."""
+from mindpet_lite.models.llama import LlamaConfig, LlamaForCausalLM, count_params, llama_param_shapes
+
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "llama_param_shapes", "count_params"]
