@@ -15,20 +15,27 @@ the order ``MindDataset(num_shards=R, shard_id=r, shuffle=False)`` gives) cut to
 * ``drop_remainder=False``: ``N // R`` rows, so every rank yields the same number of batches (at
   most ``R - 1`` rows per epoch are left out when ``R > 1``).
 
-The epochs are concatenated, then batched. So with ``drop_remainder=True`` the rank shards are
-disjoint, and at every step ``t`` of every epoch::
+Each epoch is batched on its own (a batch never spans two epochs) and the epochs follow one another.
+So with ``drop_remainder=True`` the rank shards of an epoch are disjoint, and at every step ``t`` of
+every epoch::
 
     global = create_dataset(path, B * R, rank_size=1, <same shuffle, seed, repeat>) batch t
     global.reshape(B, R, -1)[:, r] == create_dataset(path, B, rank_id=r, rank_size=R, ...) batch t
 
 i.e. row ``j * R + r`` of the single-process global batch is row ``j`` of rank ``r``'s batch, and the
-union of the rank batches at step ``t`` is exactly the global batch at step ``t``. Each rank yields
-``steps * repeat`` batches. The pipeline is meant to be iterated once (its ``repeat`` epochs are in
-it); the order does not depend on ``mindspore.dataset.config`` seeds nor on MindSpore's own shuffle.
+union of the rank batches at step ``t`` is exactly the global batch at step ``t``. Every rank yields
+``steps * repeat`` batches. With ``drop_remainder=False`` each epoch may end on a short batch, and
+the same relation holds when ``N`` is a multiple of ``R`` (``global.reshape(-1, R, ...)``).
 
-With ``drop_remainder=False`` a batch may span the end of one epoch and the start of the next, and
-only the very last batch may be short; the exact global-batch relation then holds only when ``N`` is a
-multiple of ``B * R``.
+The order does not depend on ``mindspore.dataset.config`` seeds nor on MindSpore's own shuffle. Pass
+the number of epochs as ``repeat`` and iterate the pipeline once: with ``shuffle=True`` the epochs
+are ``repeat`` readers chained by ``concat`` (a sampler cannot change between epochs), so iterating
+the returned pipeline a second time replays the same orders.
+
+Observed for reference (MindSpore 2.9): ``MindDataset(num_shards=R, shard_id=r, shuffle=False)``
+pads a short shard by wrapping to row 0 when ``R`` does not divide ``N``, and with ``shuffle=True``
+its per-rank orders agree with the single-process order only in the first epoch; the explicit
+``SubsetSampler`` used here avoids both.
 """
 import logging
 import os
@@ -116,16 +123,13 @@ def dataset_num_rows(path):
     return _inspect(_check_path(path))[0]
 
 
-def _rank_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, repeat):
-    """Row indices rank `rank_id` reads, all epochs concatenated (see the module docstring)."""
-    parts = []
-    for epoch in range(repeat):
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(num_rows)
-        else:
-            order = np.arange(num_rows)
-        parts.append(order[rank_id::rank_size][:rows_per_rank])
-    return np.concatenate(parts).astype(np.int64).tolist()
+def _epoch_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, epoch):
+    """Row indices rank `rank_id` reads in `epoch` (see the module docstring)."""
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    else:
+        order = np.arange(num_rows)
+    return order[rank_id::rank_size][:rows_per_rank].astype(np.int64).tolist()
 
 
 def create_dataset(path, batch_size, seq_length=None, rank_id=0, rank_size=1, shuffle=True, seed=1234,
@@ -194,13 +198,20 @@ def create_dataset(path, batch_size, seq_length=None, rank_id=0, rank_size=1, sh
     import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
     from mindspore import dtype as mstype  # pylint: disable=import-outside-toplevel
 
-    indices = _rank_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, repeat)
-    data = ds.MindDataset(path, columns_list=list(COLUMNS), sampler=ds.SubsetSampler(indices),
-                          num_parallel_workers=num_parallel_workers)
-    for col in COLUMNS:
-        if schema[col]["type"] != "int32":
-            data = data.map(operations=ds.transforms.TypeCast(mstype.int32), input_columns=[col])
-    data = data.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+    def epoch_pipeline(epoch):
+        indices = _epoch_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, epoch)
+        data = ds.MindDataset(path, columns_list=list(COLUMNS), sampler=ds.SubsetSampler(indices),
+                              num_parallel_workers=num_parallel_workers)
+        for col in COLUMNS:
+            if schema[col]["type"] != "int32":
+                data = data.map(operations=ds.transforms.TypeCast(mstype.int32), input_columns=[col])
+        return data.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+
+    data = epoch_pipeline(0)
+    if repeat > 1 and not shuffle:  # every epoch reads the same rows: one reader, repeated
+        data = data.repeat(repeat)
+    elif repeat > 1:  # one reader per epoch (a sampler cannot change between epochs), chained
+        data = data.concat([epoch_pipeline(e) for e in range(1, repeat)])
     logger.info("dataset %s: %d rows, rank %d of %d reads %d rows per epoch, %d epoch(s), %d batches of %d",
                 path, num_rows, rank_id, rank_size, rows_per_rank, repeat, data.get_dataset_size(), batch_size)
     return data

@@ -272,3 +272,24 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch, overwrite):
         assert [r[0].tolist() for r in after] == [r[0].tolist() for r in before]
     else:
         assert leftovers(tmp_path) == ["src.json"]
+
+
+def test_sentencepiece_tokenizer_conversion(tmp_path, sp_models):
+    from mindpet_lite.data import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer(sp_models["nopad"])
+    records = [{"instruction": "the lora model", "input": "alpha beta", "output": "merge the adapter"},
+               {"instruction": "train", "output": "data and weight " * 300}]
+    src = write_src(tmp_path / "src.json", records, "json")
+    dst = str(tmp_path / "sp.mindrecord")
+    stats = convert_alpaca(src, dst, sp_models["nopad"], 511)
+    assert (stats["written"], stats["skipped"], stats["truncated"]) == (2, 0, 1)
+    _, rows = read_rows(dst)
+    for rec, (ids, labels) in zip(records, rows):
+        prompt = tok.encode(ALPACA_TEMPLATE["prompt_input" if rec.get("input") else "prompt_no_input"].format(
+            instruction=rec["instruction"], input=rec.get("input", "")), add_bos=True)
+        response = (tok.encode(rec["output"]) + [tok.eos_id])[:512 - len(prompt)]
+        n = len(prompt) + len(response)
+        assert ids.tolist() == prompt + response + [tok.pad_id] * (512 - n)
+        assert labels.tolist() == [-100] * len(prompt) + response + [-100] * (512 - n)
+    assert tok.decode([t for t in rows[0][1].tolist() if t != -100]) == "merge the adapter"

@@ -1,7 +1,6 @@
 """Tokenizers: byte layout and round trips, SentencePiece wrapper on a model trained here, load_tokenizer."""
 import os
 import pathlib
-import random
 import re
 
 import numpy as np
@@ -64,30 +63,6 @@ def test_byte_errors():
 
 
 # ---------------------------------------------------------------- sentencepiece
-WORDS = ["alpha", "beta", "gamma", "delta", "lora", "rank", "mind", "spore", "token", "train",
-         "the", "a", "of", "and", "data", "model", "layer", "weight", "merge", "adapter"]
-
-
-def _train_sp(folder, pad_id=-1):
-    spm = pytest.importorskip("sentencepiece")
-    rng = random.Random(0)
-    corpus = folder / "corpus.txt"
-    with open(corpus, "w", encoding="utf-8") as f:
-        for _ in range(400):
-            f.write(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "\n")
-    prefix = folder / f"sp_pad{pad_id}"
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(prefix), vocab_size=100, model_type="bpe",
-        pad_id=pad_id, character_coverage=1.0, minloglevel=2)
-    return str(prefix) + ".model"
-
-
-@pytest.fixture(scope="module")
-def sp_models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sp")
-    return {"nopad": _train_sp(folder), "pad3": _train_sp(folder, pad_id=3)}
-
-
 def test_sentencepiece_round_trip_and_ids(sp_models):
     tok = SentencePieceTokenizer(sp_models["nopad"])
     assert tok.vocab_size == 100
