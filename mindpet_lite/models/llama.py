@@ -87,7 +87,10 @@ def _ffn_hidden_size(hidden_size, intermediate_size, multiple_of, ffn_dim_multip
 
 def _check_positive_number(name, value):
     if not _checks.is_number(value):
-        raise TypeError(f"{name} must be a number > 0, got {_checks.describe(value)}")
+        hint = ""
+        if isinstance(value, str):
+            hint = " (YAML reads 1e-5 as a string: write 1.0e-5)"
+        raise TypeError(f"{name} must be a number > 0, got {_checks.describe(value)}{hint}")
     if not value > 0:
         raise ValueError(f"{name} must be a number > 0, got {_checks.describe(value)}")
     return value
@@ -133,16 +136,15 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     pad_token_id: Optional[int] = 0
     ignore_token_id: int = -100
-    batch_size: int = 1
+    batch_size: Optional[int] = 1
     initializer_range: float = 0.02
     ignored_keys: list = dataclasses.field(default_factory=list, compare=False)
 
     def __post_init__(self):
         c = _checks
-        for key in ("hidden_size", "num_layers", "num_heads", "vocab_size", "seq_length",
-                    "multiple_of", "batch_size"):
+        for key in ("hidden_size", "num_layers", "num_heads", "vocab_size", "seq_length", "multiple_of"):
             c.check_positive_int(key, getattr(self, key))
-        for key in ("n_kv_heads", "intermediate_size", "max_position_embedding"):
+        for key in ("n_kv_heads", "intermediate_size", "max_position_embedding", "batch_size"):
             if getattr(self, key) is not None:
                 c.check_positive_int(key, getattr(self, key))
         if self.ffn_dim_multiplier is not None:
@@ -438,9 +440,14 @@ class LlamaEmbedding(nn.Cell):
         self.embedding_weight = ms.Parameter(
             initializer(Normal(sigma=sigma), (vocab_size, hidden_size), param_type), name="embedding_weight")
         self.out_type = out_type
+        # MindSpore's CPU Gather has no bfloat16 kernel: cast the table first in that case only
+        self.cast_first = param_type == mstype.bfloat16
 
     def construct(self, input_ids):
-        return ops.cast(ops.gather(self.embedding_weight, input_ids, 0), self.out_type)
+        weight = self.embedding_weight
+        if self.cast_first:
+            weight = ops.cast(weight, self.out_type)
+        return ops.cast(ops.gather(weight, input_ids, 0), self.out_type)
 
 
 class LlamaModel(nn.Cell):
@@ -513,6 +520,9 @@ class LlamaForCausalLM(nn.Cell):
         super().__init__()
         self.config = _as_config(config)
         cfg = self.config
+        if cfg.compute_dtype == mstype.bfloat16 and ms.get_context("device_target") == "CPU":
+            logger.warning("compute_dtype bfloat16 will not run on CPU (MindSpore has no bfloat16 "
+                           "BatchMatMul CPU kernel); use float32 or float16 there")
         self.model = LlamaModel(cfg)
         self.tie_word_embeddings = cfg.tie_word_embeddings
         if not cfg.tie_word_embeddings:

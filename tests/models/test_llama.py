@@ -82,7 +82,8 @@ def reference_loss(logits, labels, ignore=-100):
 
 
 def params_of(net):
-    return {name: p.asnumpy().astype(np.float64) for name, p in net.parameters_and_names()}
+    """name -> float64 numpy (through float32: numpy has no bfloat16)."""
+    return {name: p.astype(ms.float32).asnumpy().astype(np.float64) for name, p in net.parameters_and_names()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +193,33 @@ def test_float16_compute_close_to_reference(pynative):
     logits = net(Tensor(ids))
     assert logits.dtype == ms.float32
     np.testing.assert_allclose(logits.asnumpy(), reference_logits(params_of(net), cfg, ids), atol=5e-3)
+
+
+def test_mindformers_float16_dtypes_run_and_train(pynative):
+    """The dtypes of MindFormers' llama2 YAML (float16 params, matmuls, softmax, rotary) work on CPU."""
+    dtypes = {k: LLAMA2_7B[k] for k in ("compute_dtype", "layernorm_compute_type", "softmax_compute_type",
+                                        "rotary_dtype", "param_init_type")}
+    cfg = dict(TINY, num_layers=1, **dtypes)
+    ms.set_seed(8)
+    net = LlamaForCausalLM(cfg)
+    assert {p.dtype for p in net.trainable_params()} == {ms.float16}
+    ids = np.random.default_rng(6).integers(0, 64, (2, 9)).astype(np.int32)
+    logits = net(Tensor(ids))
+    assert logits.dtype == ms.float32
+    np.testing.assert_allclose(logits.asnumpy(), reference_logits(params_of(net), cfg, ids), atol=1e-2)
+    step = nn.TrainOneStepCell(net, nn.SGD(net.trainable_params(), learning_rate=0.5))
+    losses = [float(step(Tensor(ids), Tensor(ids)).asnumpy()) for _ in range(3)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_bfloat16_params_with_float32_compute(pynative):
+    """bfloat16 checkpoints' dtype: the CPU has no bfloat16 Gather/MatMul, so compute in float32."""
+    cfg = dict(TINY, num_layers=1, param_init_type="bfloat16")
+    ms.set_seed(9)
+    net = LlamaForCausalLM(cfg)
+    assert net.model.tok_embeddings.embedding_weight.dtype == ms.bfloat16
+    ids = np.random.default_rng(7).integers(0, 64, (1, 8)).astype(np.int32)
+    np.testing.assert_allclose(net(Tensor(ids)).asnumpy(), reference_logits(params_of(net), cfg, ids), atol=1e-4)
 
 
 def test_dense_swapped_for_subclass_is_used(pynative):
@@ -361,6 +389,8 @@ def test_unrelated_unknown_keys_are_ignored():
     ({"compute_dtype": "float8"}, TypeError, ["compute_dtype", "float8", "bfloat16"]),
     ({"tie_word_embeddings": "yes"}, TypeError, ["tie_word_embeddings", "yes", "bool"]),
     ({"rms_norm_eps": 0}, ValueError, ["rms_norm_eps", "0"]),
+    ({"rms_norm_eps": "1e-5"}, TypeError, ["rms_norm_eps", "'1e-5'", "1.0e-5"]),
+    ({"batch_size": 0}, ValueError, ["batch_size", "0"]),
     ({"ffn_dim_multiplier": -1.0}, ValueError, ["ffn_dim_multiplier"]),
     ({"qkv_has_bias": True}, ValueError, ["qkv_has_bias"]),
 ])
