@@ -1,1 +1,27 @@
-"""mindpet_lite.integrations"""
+"""Optional integrations with other frameworks, loaded on first use.
+
+`mindpet_lite.integrations.mindformers` is the only module of the toolkit that imports mindformers
+(inside its functions). Its public names are re-exported here lazily: `from
+mindpet_lite.integrations import use_mindpet_lite` loads that module, never mindformers itself.
+"""
+import importlib
+
+_EXPORTS = {
+    "is_available": "mindformers",
+    "is_linear": "mindformers",
+    "LoRALinear": "mindformers",
+    "use_mindpet_lite": "mindformers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

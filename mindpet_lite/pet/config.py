@@ -80,11 +80,16 @@ class LoraConfig:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pet_config YAML not found: {path}")
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not valid YAML ({err})") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping, got {_checks.describe(data)}")
         if "model" in data:
-            block = ((data.get("model") or {}).get("model_config") or {}).get("pet_config")
+            block = data
+            for key in ("model", "model_config", "pet_config"):
+                block = block.get(key) if isinstance(block, dict) else None
             if block is None:
                 raise ValueError(f"{path}: a run YAML must carry model.model_config.pet_config")
             return cls.from_dict(block, section=f"{path}: model.model_config.pet_config")

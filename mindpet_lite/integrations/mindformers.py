@@ -1,0 +1,170 @@
+"""MindFormers support: LoRA on `mindformers.modules.layers.Linear`, and MindFormers' own pet
+pipeline building mindpet_lite cells.
+
+This is the only module of the toolkit that imports mindformers, and it does so inside functions:
+importing it costs seconds and writes ./output/log in the working directory. Nothing here imports
+mindformers to *recognise* a Linear: a network can only hold one if mindformers is already loaded,
+so `is_linear` looks the class up in `sys.modules`.
+
+- `LoRALinear`: a `LoRADense` over a MindFormers Linear's own weight, in either layout
+  (`transpose_b=True`: weight [out, in]; `False`: [in, out]). A is [r, in], B is [out, r] in both.
+- `use_mindpet_lite()`: makes `mindformers.pet.LoraModel` / `LoraAdapter` build `LoRALinear` cells
+  instead of MindPet's `LoRADense`. Reversible: use it as a context manager, or call `.undo()`.
+"""
+import importlib.util
+import logging
+import sys
+
+import numpy as np
+from mindspore import nn
+
+from mindpet_lite import _checks
+from mindpet_lite.delta.lora import LoRADense
+
+logger = logging.getLogger(__name__)
+
+_LINEAR_MODULE = "mindformers.modules.layers"
+_ADAPTER_MODULE = "mindformers.pet.tuners.lora_adapter"
+
+__all__ = ["is_available", "is_loaded", "is_linear", "LoRALinear", "use_mindpet_lite"]
+
+
+def is_available():
+    """True when mindformers is installed (found on the path; not imported by this call)."""
+    return importlib.util.find_spec("mindformers") is not None
+
+
+def is_loaded():
+    """True when mindformers' layers module has been imported in this process."""
+    return _LINEAR_MODULE in sys.modules
+
+
+def _linear_class():
+    module = sys.modules.get(_LINEAR_MODULE)
+    return getattr(module, "Linear", None) if module is not None else None
+
+
+def is_linear(cell):
+    """True for a `mindformers.modules.layers.Linear` (without importing mindformers)."""
+    cls = _linear_class()
+    return cls is not None and isinstance(cell, cls)
+
+
+def _transposed(matmul):
+    """The `transpose_b` of a MatMul primitive (True: weight stored [out, in])."""
+    return bool(getattr(matmul, "transpose_b", True))
+
+
+class LoRALinear(LoRADense):
+    """LoRADense whose base product uses the wrapped layer's MatMul primitive, so the weight may be
+    stored [out, in] (`transpose_b=True`, as nn.Dense) or [in, out] (`transpose_b=False`, a
+    MindFormers Linear option). The LoRA factors keep the usual shapes, A [r, in] and B [out, r];
+    `delta_weight` (and so merge / unmerge) follows the weight's layout.
+
+    Build it with `LoRALinear.from_linear(linear, ...)`. MindFormers' own LoRA adapter builds it with
+    LoRADense's arguments and then assigns `matmul`, `weight`, `bias`, `bias_add` of the layer it
+    replaces (see `use_mindpet_lite`); both paths give the same cell.
+    """
+
+    @property
+    def transpose_b(self):
+        return _transposed(self.matmul)
+
+    @classmethod
+    def from_linear(cls, linear, lora_rank, lora_alpha, lora_dropout=0., lora_a_init=None,
+                    lora_b_init="zeros", param_init_type=None, compute_dtype=None, use_rslora=False):
+        """Wrap a MindFormers Linear: the same weight and bias Parameter objects, MatMul and bias-add
+        primitives (so their shard strategies carry over) and activation. param_init_type defaults
+        to the weight's dtype, compute_dtype to the Linear's compute dtype.
+
+        Raises:
+            TypeError: `linear` is not a mindformers Linear, or a LoRA argument is mistyped.
+            ValueError: an expert (MoE) Linear, or a LoRA argument out of range.
+        """
+        if not is_linear(linear):
+            raise TypeError(f"linear must be a {_LINEAR_MODULE}.Linear, got {_checks.describe(linear)}")
+        if getattr(linear, "expert_flag", False) or getattr(linear, "use_gmm", False):
+            raise ValueError(f"a Linear with expert_num > 1 or use_gmm (MoE) is not supported, got "
+                             f"expert_num={getattr(linear, 'expert_num', None)}, "
+                             f"use_gmm={getattr(linear, 'use_gmm', None)}")
+        transpose_b = _transposed(linear.matmul)
+        expected = (linear.out_channels, linear.in_channels) if transpose_b else \
+            (linear.in_channels, linear.out_channels)
+        if tuple(linear.weight.shape) != expected:
+            raise ValueError(f"Linear weight must have shape {list(expected)} (transpose_b={transpose_b}), "
+                             f"got {list(linear.weight.shape)}")
+        wdtype = linear.weight.dtype
+        param_init_type = wdtype if param_init_type is None else param_init_type
+        compute_dtype = getattr(linear, "dtype", wdtype) if compute_dtype is None else compute_dtype
+        extra = {} if lora_a_init is None else {"lora_a_init": lora_a_init}
+        activation = linear.activation if linear.activation_flag else None
+        cell = cls(linear.in_channels, linear.out_channels, lora_rank, lora_alpha, lora_dropout,
+                   lora_b_init=lora_b_init, param_init_type=param_init_type, compute_dtype=compute_dtype,
+                   use_rslora=use_rslora, has_bias=linear.has_bias, activation=activation,
+                   weight_init="zeros", bias_init="zeros", dtype=wdtype, **extra)
+        cell.matmul = linear.matmul
+        cell.weight = linear.weight
+        if linear.has_bias:
+            cell.bias = linear.bias
+            cell.bias_add = linear.bias_add
+        return cell
+
+    def delta_weight(self):
+        """s·B·A in the weight's layout: [out, in], or [in, out] when transpose_b is False."""
+        delta = super().delta_weight()
+        return delta if self.transpose_b else np.ascontiguousarray(delta.T)
+
+    def extend_repr(self):
+        return f"{super().extend_repr()}, transpose_b={self.transpose_b}"
+
+
+# ---- MindFormers' own pet pipeline --------------------------------------------------------------
+class _Patch:
+    """Handle returned by `use_mindpet_lite`: `.undo()` or leave the `with` block to restore."""
+
+    def __init__(self, module, previous):
+        self._module = module
+        self._previous = previous
+        self.active = True
+
+    def undo(self):
+        """Put back the class that was there before (MindPet's LoRADense). Idempotent."""
+        if self.active:
+            self._module.LoRADense = self._previous
+            self.active = False
+            logger.info("%s.LoRADense restored to %s.%s", _ADAPTER_MODULE,
+                        self._previous.__module__, self._previous.__name__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.undo()
+        return False
+
+
+def use_mindpet_lite():
+    """Make MindFormers' LoRA pipeline build mindpet_lite cells.
+
+    MindFormers 1.9 creates its LoRA cells in one place:
+    `mindformers.pet.tuners.lora_adapter.recursive_replace_dense_cell` (called by
+    `LoraAdapter.get_pet_model`, which `mindformers.pet.LoraModel` and `get_pet_model` use) calls the
+    module-global name `LoRADense` (imported from `mindpet.delta.lora`) and then assigns the replaced
+    layer's `matmul`, `weight`, `bias` and `bias_add` to it. This rebinds that one name to
+    `LoRALinear`, which takes the same arguments and, as it uses the assigned MatMul, handles both
+    Linear layouts. Nothing else in MindFormers or MindPet is touched.
+
+    Returns a handle: `with use_mindpet_lite(): ...` restores on exit; or call `handle.undo()`.
+    Imports mindformers (and so MindPet).
+    """
+    import importlib  # pylint: disable=import-outside-toplevel
+    module = importlib.import_module(_ADAPTER_MODULE)
+    if not hasattr(module, "LoRADense"):
+        raise RuntimeError(f"{_ADAPTER_MODULE} has no name 'LoRADense': this MindFormers version "
+                           "creates its LoRA cells elsewhere; use mindpet_lite.pet.get_pet_model instead")
+    previous = module.LoRADense
+    module.LoRADense = LoRALinear
+    logger.info("%s.LoRADense -> mindpet_lite LoRALinear (was %s.%s)", _ADAPTER_MODULE,
+                previous.__module__, previous.__name__)
+    return _Patch(module, previous)
+

@@ -1,0 +1,211 @@
+"""get_pet_model: put LoRA on the layers a pet_config names, then freeze the rest.
+
+Four steps, and the network changes only in the last two:
+
+1. plan: walk the cell tree and collect the targets. A child cell is a target when
+   `re.match(target_modules, attribute_name)` (MindFormers' rule: `wq`) or
+   `re.fullmatch(target_modules, dotted_path)` (`model.layers.3.attention.wq`, for layer-selective
+   patterns). A child matching an exclude_layers pattern by the same two rules is skipped with its
+   subtree. A target is not descended into.
+2. build: one LoRA cell per target, sharing the target's weight / bias Parameter objects. Every
+   error (a target that is not a dense layer, zero matches, a dtype or init that does not fit a
+   layer) is raised here, naming the layer, so a failed call leaves the network as it was.
+3. swap: put the new cells in place. MindSpore renames a cell's parameters on assignment to
+   `<attribute>.<name>`; the base weight and bias get their original names back and the LoRA
+   factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `_lora_prefixes`).
+4. freeze everything but the LoRA factors, then freeze_include / freeze_exclude (MindPet globs).
+"""
+import logging
+
+from mindspore import nn
+
+from mindpet_lite import _checks
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense
+from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
+from mindpet_lite.integrations import mindformers as _mf
+from mindpet_lite.pet.config import load_pet_config
+
+logger = logging.getLogger(__name__)
+
+_LISTED_PATHS = 8  # how many existing dense-layer paths a zero-match error shows
+_FLOAT_FLAGS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def get_pet_model(network, pet_config):
+    """Apply LoRA to `network` in place and return it.
+
+    Args:
+        network (nn.Cell): the model; its targeted layers must be `nn.Dense` or (when mindformers
+            is loaded) `mindformers.modules.layers.Linear`.
+        pet_config: a `LoraConfig`, a dict of pet_config keys, or a YAML path (the block alone, a
+            `pet_config:` mapping, or a whole run YAML).
+
+    Returns:
+        The same network, with `network.pet_config` (the LoraConfig used) and `network.pet_summary`
+        (see `apply_lora`) set.
+
+    Raises:
+        TypeError: `network` is not a Cell; a targeted cell is not a dense layer; a bad config value.
+        ValueError: a bad config value; target_modules matches no layer (the message lists dense
+            layers that exist); a targeted layer is already a LoRADense.
+        FileNotFoundError: a YAML path that does not exist.
+    """
+    apply_lora(network, pet_config)
+    return network
+
+
+def apply_lora(network, pet_config):
+    """`get_pet_model`, returning the summary: {'replaced': [paths], 'num_replaced', 'trainable',
+    'total', 'percent'} (parameter counts, percent trainable)."""
+    if not isinstance(network, nn.Cell):
+        raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
+    config = load_pet_config(pet_config)
+
+    targets = _plan(network, config)
+    if not targets:
+        raise ValueError(_no_match_message(network, config))
+    built = [_build(cell, path, config) for _, _, path, cell in targets]
+    prefixes = _lora_prefixes(network, targets)
+
+    for (parent, attr, path, old), new in zip(targets, built):
+        _swap(parent, attr, old, new, prefixes[path])
+    _invalidate_compiled_graphs(network)
+
+    freeze_delta(network, "lora", config.freeze_include, config.freeze_exclude)
+    counts = trainable_params_report(network)
+    summary = {"replaced": [path for _, _, path, _ in targets], "num_replaced": len(targets), **counts}
+    network.pet_config = config
+    network.pet_summary = summary
+    logger.info("LoRA (rank %d, alpha %s, scaling %g) on %d layers (%s%s); trainable %d / %d (%.4f%%)",
+                config.lora_rank, config.lora_alpha, config.scaling, len(targets),
+                ", ".join(summary["replaced"][:4]), ", ..." if len(targets) > 4 else "",
+                counts["trainable"], counts["total"], counts["percent"])
+    return summary
+
+
+# ---- 1. plan ----------------------------------------------------------------------------------
+def _hit(regex, name, path):
+    return regex.match(name) is not None or regex.fullmatch(path) is not None
+
+
+def _plan(network, config):
+    """[(parent, attribute name, dotted path, cell)] of the targets, in tree order."""
+    target = config.target_regex
+    excludes = config.exclude_regexes
+    found = []
+
+    def visit(cell, prefix):
+        for name, child in cell.name_cells().items():
+            if child is None:
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if any(_hit(ex, name, path) for ex in excludes):
+                continue
+            if _hit(target, name, path):
+                found.append((cell, name, path, child))
+            else:
+                visit(child, path)
+
+    visit(network, "")
+    return found
+
+
+def _is_dense_like(cell):
+    return isinstance(cell, nn.Dense) or _mf.is_linear(cell)
+
+
+def _no_match_message(network, config):
+    dense = [path for path, cell in network.cells_and_names() if path and _is_dense_like(cell)]
+    if dense:
+        shown = ", ".join(dense[:_LISTED_PATHS]) + (", ..." if len(dense) > _LISTED_PATHS else "")
+        listing = f"dense layers in the network ({len(dense)}): {shown}"
+    else:
+        listing = "the network has no nn.Dense or mindformers Linear layer"
+    excl = f" (exclude_layers={config.exclude_layers!r})" if config.exclude_layers else ""
+    return (f"target_modules {config.target_modules!r} matched no layer{excl}: a target re.match-es "
+            f"a cell's attribute name or re.fullmatch-es its dotted path; {listing}")
+
+
+# ---- 2. build ---------------------------------------------------------------------------------
+def _float_flag(cell):
+    """The dtype name a `Cell.to_float` call left on the cell, or None."""
+    flags = cell.get_flags()
+    for flag, name in _FLOAT_FLAGS.items():
+        if flags.get(flag):
+            return name
+    return None
+
+
+def _build(cell, path, config):
+    """The LoRA cell for one target; errors name the target."""
+    kind = type(cell).__name__
+    if isinstance(cell, LoRADense):
+        raise ValueError(f"target_modules selects {path}, which is already a {kind}: LoRA is applied "
+                         "once; narrow target_modules or start from the base network")
+    lora = dict(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                lora_a_init=config.lora_a_init, lora_b_init=config.lora_b_init, use_rslora=config.use_rslora)
+    flag = _float_flag(cell)
+    try:
+        if isinstance(cell, nn.Dense):
+            new = LoRADense.from_dense(
+                cell, param_init_type=config.param_init_type or cell.weight.dtype,
+                compute_dtype=config.compute_dtype or flag or cell.weight.dtype, **lora)
+        elif _mf.is_linear(cell):
+            new = _mf.LoRALinear.from_linear(cell, param_init_type=config.param_init_type,
+                                             compute_dtype=config.compute_dtype, **lora)
+        else:
+            raise TypeError(f"target_modules selects {path}, a {type(cell).__module__}.{kind}: only "
+                            "mindspore.nn.Dense and mindformers.modules.layers.Linear layers can take "
+                            "LoRA; narrow target_modules (or add exclude_layers)")
+    except (TypeError, ValueError) as err:
+        if path in str(err):
+            raise
+        raise type(err)(f"{path} ({kind}): {err}") from err
+    if flag is not None:  # keep the input casts a to_float() put on the replaced layer
+        new.to_float(_checks.FLOAT_DTYPES[flag])
+    return new
+
+
+def _lora_prefixes(network, targets):
+    """{path: prefix of the LoRA parameter names}.
+
+    The prefix is the layer's weight name without `.weight`, so adapter names follow the base
+    weights' names; in a network built the usual way that is the dotted path, e.g.
+    `model.layers.0.attention.wq`. Where a weight name does not end in `.weight`, or the names
+    would not be unique, the dotted path is used for all layers.
+    """
+    existing = {p.name for p in network.get_parameters()}
+    prefixes = {}
+    for _, _, path, cell in targets:
+        name = cell.weight.name
+        prefixes[path] = name[: -len(".weight")] if name.endswith(".weight") and name != ".weight" else None
+    derived = [p for p in prefixes.values() if p is not None]
+    lora_names = [f"{p}.{suffix}" for p in derived for suffix in (LORA_A, LORA_B)]
+    if len(derived) != len(prefixes) or len(set(derived)) != len(derived) or existing & set(lora_names):
+        return {path: path for path in prefixes}
+    return prefixes
+
+
+# ---- 3. swap ----------------------------------------------------------------------------------
+def _swap(parent, attr, old, new, prefix):
+    """Put `new` where `old` was and fix the parameter names MindSpore's assignment changed."""
+    base_names = {id(p): p.name for _, p in old.parameters_and_names()}
+    if isinstance(parent, nn.SequentialCell):
+        parent[list(parent.name_cells()).index(attr)] = new
+    elif isinstance(parent, nn.CellList):
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+    for local, param in new.parameters_and_names():
+        param.name = base_names.get(id(param), f"{prefix}.{local}")
+
+
+def _no_hook(cell, inputs):  # pylint: disable=unused-argument
+    return None
+
+
+def _invalidate_compiled_graphs(network):
+    """Make a network compiled before the swap (GRAPH_MODE) recompile: MindSpore would otherwise
+    reuse the graph of the old layers. Its graph cache is keyed on a global hook version, which
+    adding and removing a forward pre-hook bumps (LoRADense.merge uses the same switch)."""
+    network.register_forward_pre_hook(_no_hook).remove()
