@@ -109,6 +109,28 @@ class LoRALinear(LoRADense):
             cell.bias_add = linear.bias_add
         return cell
 
+    def construct(self, x):
+        """The MindFormers Linear's forward (reshape to 2-D, cast to the compute dtype, matmul with
+        the Linear's own primitive, bias, activation, cast back) plus the LoRA branch. Its own
+        forward rather than LoRADense's, so that it depends on the weight layout only through
+        `matmul`; the LoRA primitives keep LoRADense's (and MindPet's) names so shard strategies set
+        on them (by `shard` or by MindFormers' adapter) apply."""
+        ori_dtype = x.dtype
+        out_shape = self.shape_op(x)[:-1] + (self.out_channels,)
+        x = self.cast(self.reshape(x, (-1, self.in_channels)), self.dtype)
+        out = self.matmul(x, self.cast(self.weight, self.dtype))
+        if not self.merged:
+            h = x if self.lora_dropout is None else self.lora_dropout(x)
+            h = self.lora_a_matmul(h, self.cast(self.mindpet_delta_lora_a, self.dtype))  # [N, r]
+            h = self.mul(h, self.scaling)
+            h = self.lora_b_matmul(h, self.cast(self.mindpet_delta_lora_b, self.dtype))  # [N, out]
+            out = self.add(out, h)
+        if self.has_bias:
+            out = self.bias_add(out, self.cast(self.bias, self.dtype))
+        if self.activation_flag:
+            out = self.activation(out)
+        return self.reshape(self.cast(out, ori_dtype), out_shape)
+
     def delta_weight(self):
         """s·B·A in the weight's layout: [out, in], or [in, out] when transpose_b is False."""
         delta = super().delta_weight()

@@ -93,6 +93,7 @@ def _plan(network, config):
     target = config.target_regex
     excludes = config.exclude_regexes
     found = []
+    seen = {}  # id(target cell) -> path: a layer reachable at two paths cannot take one LoRA cell
 
     def visit(cell, prefix):
         for name, child in cell.name_cells().items():
@@ -102,6 +103,11 @@ def _plan(network, config):
             if any(_hit(ex, name, path) for ex in excludes):
                 continue
             if _hit(target, name, path):
+                if id(child) in seen:
+                    raise ValueError(f"target_modules selects one layer at two paths, {seen[id(child)]} "
+                                     f"and {path}: a shared layer cannot be replaced at both; exclude one "
+                                     "with exclude_layers")
+                seen[id(child)] = path
                 found.append((cell, name, path, child))
             else:
                 visit(child, path)

@@ -107,13 +107,14 @@ class Holder(nn.Cell):
         return self.proj(x)
 
 
+@pytest.mark.parametrize("rows", [3, 400])  # few and many rows (LoRADense may change form with N)
 @pytest.mark.parametrize("transpose_b", [True, False])
-def test_linear_layouts_bias_activation_and_merge(mf, mode, transpose_b):  # pylint: disable=unused-argument
+def test_linear_layouts_bias_activation_and_merge(mf, mode, transpose_b, rows):  # pylint: disable=unused-argument
     ms.set_seed(2)
     linear = mf.Linear(6, 5, has_bias=True, activation="tanh", transpose_b=transpose_b,
-                    bias_init="normal", param_init_type=mstype.float32, compute_dtype=mstype.float32)
+                       bias_init="normal", param_init_type=mstype.float32, compute_dtype=mstype.float32)
     net = Holder(linear)
-    x = x_of((3, 6), seed=3)
+    x = x_of((rows, 6), seed=3)
     before = net(x).asnumpy()
     get_pet_model(net, {**PET, "target_modules": "proj"})
     cell = net.proj
