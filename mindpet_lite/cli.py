@@ -16,14 +16,124 @@ def _add_data(sub):
 # ---- adapters (merge, export-peft, import-peft, convert-base) ----------------------------------
 def _add_merge(sub):
     """`mindpet-lite merge ...` (and unmerge)."""
+    p = sub.add_parser("merge", help="merge an adapter into a base checkpoint: W' = W + s*B*A",
+                       description="Merge (or --unmerge) a LoRA adapter into a base checkpoint, in float32, "
+                                   "cast back to the base dtype. Without --adapter, --base is a MindFormers "
+                                   "checkpoint holding base and LoRA weights, merged into a plain base.")
+    p.add_argument("--base", required=True, help="base checkpoint (.ckpt or .safetensors)")
+    p.add_argument("--adapter", help="adapter file or HF PEFT directory (omit for a MindFormers full LoRA checkpoint)")
+    p.add_argument("--out", required=True, help="output checkpoint (.ckpt or .safetensors); written atomically")
+    p.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+    p.add_argument("--scaling", type=float, help="s to use instead of the adapter's alpha/r (or alpha/sqrt(r))")
+    p.add_argument("--lora-alpha", type=float, help="alpha for files without metadata: s = alpha / r per pair")
+    p.add_argument("--use-rslora", action="store_true", help="with --lora-alpha: s = alpha / sqrt(r)")
+    p.add_argument("--layout", choices=["auto", "out_in", "in_out"], default="auto",
+                   help="base weight layout: [out,in] (nn.Dense, HF) or [in,out] (transpose_b=False); auto reads shapes")
+    p.add_argument("--unmerge", action="store_true", help="subtract the adapter instead (W = W' - s*B*A)")
+
+    def run(args):
+        from mindpet_lite.adapters import merge  # pylint: disable=import-outside-toplevel
+        try:
+            if args.adapter is None:
+                if args.unmerge:
+                    raise ValueError("--unmerge needs --adapter")
+                merged = merge.merge_full_checkpoint(args.base, args.out, args.format, args.scaling,
+                                                     _alpha(args.lora_alpha), args.use_rslora, args.layout)
+            else:
+                merged = merge.merge_checkpoint(args.base, args.adapter, args.out, args.format, args.scaling,
+                                                args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora)
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            print(f"mindpet-lite merge: error: {err}", file=sys.stderr)
+            return 1
+        print(f"{'unmerged' if args.unmerge else 'merged'}: {args.out} ({len(merged)} tensors)")
+        return 0
+
+    def _alpha(value):
+        return int(value) if value is not None and float(value).is_integer() else value
+
+    p.set_defaults(func=run)
 
 
 def _add_peft(sub):
     """`mindpet-lite export-peft ...` / `import-peft ...`."""
+    exp = sub.add_parser("export-peft", help="write a Hugging Face PEFT LoRA directory from an adapter",
+                         description="Write adapter_config.json and adapter_model.safetensors that "
+                                     "peft.PeftModel.from_pretrained loads onto a Hugging Face LlamaForCausalLM.")
+    exp.add_argument("--adapter", required=True, help="adapter file (.ckpt or .safetensors)")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.add_argument("--base-model", default=None, help="base_model_name_or_path to record in the config")
+    exp.add_argument("--lora-alpha", type=float, help="alpha, for adapters saved without metadata")
+    imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA directory to an adapter file")
+    imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
+    imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
+    imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+
+    def run_export(args):
+        from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
+        alpha = args.lora_alpha
+        if alpha is not None and float(alpha).is_integer():
+            alpha = int(alpha)
+        try:
+            config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=alpha)
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            print(f"mindpet-lite export-peft: error: {err}", file=sys.stderr)
+            return 1
+        print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
+              f"target_modules={config['target_modules']})")
+        return 0
+
+    def run_import(args):
+        from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
+        try:
+            tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format)
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            print(f"mindpet-lite import-peft: error: {err}", file=sys.stderr)
+            return 1
+        cfg = meta["pet_config"]
+        print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
+              f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
+        return 0
+
+    exp.set_defaults(func=run_export)
+    imp.set_defaults(func=run_import)
 
 
 def _add_convert_base(sub):
     """`mindpet-lite convert-base ...`."""
+    p = sub.add_parser("convert-base", help="convert a Llama base checkpoint between Hugging Face and the built-in Llama",
+                       description="--from hf: a HF Llama safetensors file or model directory (sharded with an "
+                                   "index json or not) -> a .ckpt / .safetensors with built-in names. "
+                                   "--from mindspore: a built-in Llama checkpoint -> a HF model directory.")
+    p.add_argument("--from", dest="source", required=True, choices=["hf", "mindspore"], help="the format of --src")
+    p.add_argument("--src", required=True, help="source file or directory")
+    p.add_argument("--out", required=True, help="output file (from hf) or directory (from mindspore)")
+    p.add_argument("--format", choices=["ckpt", "safetensors"], help="from hf: must agree with the suffix of --out")
+    p.add_argument("--model-config", help="from mindspore: YAML/JSON model_config (or run YAML) to write config.json")
+    p.add_argument("--max-shard-size", type=int, help="from mindspore: bytes per safetensors shard")
+
+    def run(args):
+        from mindpet_lite.adapters import convert  # pylint: disable=import-outside-toplevel
+        try:
+            if args.source == "hf":
+                tensors = convert.hf_to_mindspore(args.src, args.out, args.format)
+            else:
+                config = None
+                if args.model_config:
+                    import yaml  # pylint: disable=import-outside-toplevel
+                    from mindpet_lite.models.llama import LlamaConfig  # pylint: disable=import-outside-toplevel
+                    with open(args.model_config, encoding="utf-8") as f:
+                        data = yaml.safe_load(f)
+                    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                        data = data["model"].get("model_config", data)
+                    config = LlamaConfig.from_dict(data)
+                tensors = convert.mindspore_to_hf(args.src, args.out, config, args.max_shard_size)
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            print(f"mindpet-lite convert-base: error: {err}", file=sys.stderr)
+            return 1
+        print(f"converted: {args.src} -> {args.out} ({len(tensors)} tensors)")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def build_parser():

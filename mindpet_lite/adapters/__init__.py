@@ -1,1 +1,36 @@
-"""mindpet_lite.adapters"""
+"""Adapter files: save / load / read, merge into base weights, HF PEFT exchange, HF Llama conversion."""
+from mindpet_lite.adapters.convert import hf_to_mindspore, mindspore_to_hf
+from mindpet_lite.adapters.io import (
+    base_fingerprint,
+    gather_sharded_adapter,
+    load_adapter,
+    pet_config_from_metadata,
+    read_adapter,
+    save_adapter,
+)
+from mindpet_lite.adapters.merge import (
+    merge_adapter,
+    merge_checkpoint,
+    merge_full_checkpoint,
+    merge_weights,
+    unmerge_checkpoint,
+)
+from mindpet_lite.adapters.peft import export_peft, import_peft
+
+__all__ = [
+    "save_adapter",
+    "load_adapter",
+    "read_adapter",
+    "gather_sharded_adapter",
+    "base_fingerprint",
+    "pet_config_from_metadata",
+    "merge_adapter",
+    "merge_weights",
+    "merge_checkpoint",
+    "unmerge_checkpoint",
+    "merge_full_checkpoint",
+    "export_peft",
+    "import_peft",
+    "hf_to_mindspore",
+    "mindspore_to_hf",
+]

@@ -1,0 +1,257 @@
+"""Merge an adapter into base weights for serving: W' = W + s·B·A (and back: W = W' - s·B·A).
+
+* s comes from the adapter's metadata (alpha / rank, alpha / sqrt(rank) with rsLoRA); an explicit
+  ``scaling`` only overrides it. An adapter without metadata (MindFormers / mcore files) needs an explicit
+  ``scaling``: it is never guessed (MindFormers' transform_ckpt_lora.py silently uses 1).
+* The update is computed in float32 and added to W in float32, then cast back to W's dtype once: a
+  bf16/fp16 base is rounded a single time instead of once per operation.
+* Layout: ``nn.Dense`` and Hugging Face store W as [out, in]; MindFormers' Linear with
+  ``transpose_b=False`` stores [in, out]. ``layout='auto'`` reads it from the shapes: a non-square W
+  tells its own layout, and square weights take the one layout the non-square ones agree on (one
+  checkpoint has one convention); with no non-square weight, or when they disagree, square weights
+  are an error unless ``layout='out_in'`` or ``'in_out'`` is given.
+* Adapter tensors that are not LoRA pairs (parameters ``freeze_exclude`` left trainable) replace the
+  base values when merging; unmerge cannot restore those and refuses.
+
+Everything is checked before anything is written; outputs are written atomically.
+"""
+import logging
+import math
+
+import numpy as np
+from mindspore import Tensor, nn
+
+from mindpet_lite import _checks
+from mindpet_lite.adapters import io as _io
+from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.graph.freeze import LORA_PARAM_MARK
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["merge_weights", "merge_checkpoint", "unmerge_checkpoint", "merge_full_checkpoint", "merge_adapter",
+           "LAYOUTS"]
+
+LAYOUTS = ("auto", "out_in", "in_out")
+
+
+def _check_scaling(scaling):
+    if scaling is None:
+        return None
+    if not _checks.is_number(scaling) or not math.isfinite(scaling):
+        raise TypeError(f"scaling must be a finite int or float, got {_checks.describe(scaling)}")
+    return float(scaling)
+
+
+def _as_adapter(adapter):
+    """(tensors, metadata) from a path, a (tensors, metadata) pair or a plain dict of tensors."""
+    if isinstance(adapter, str):
+        return _io.read_adapter(adapter)
+    if isinstance(adapter, tuple) and len(adapter) == 2 and isinstance(adapter[1], dict):
+        return _io.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1])
+    if isinstance(adapter, dict):
+        return _io.to_numpy_dict(adapter, "adapter"), {}
+    raise TypeError("adapter must be a file path, a (tensors, metadata) pair or a dict of tensors, "
+                    f"got {_checks.describe(adapter)}")
+
+
+def _as_base(base):
+    if isinstance(base, str):
+        return _io.read_checkpoint(base)[0]
+    return _io.to_numpy_dict(base, "base")
+
+
+def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
+    """A function rank -> s, from an explicit scaling, an explicit alpha, or the metadata."""
+    scaling = _check_scaling(scaling)
+    if scaling is not None:
+        return lambda rank: scaling
+    if lora_alpha is not None:
+        _checks.check_lora_alpha("lora_alpha", lora_alpha)
+        _checks.check_bool("use_rslora", use_rslora)
+        return lambda rank: lora_alpha / (math.sqrt(rank) if use_rslora else rank)
+    s = _io.adapter_scaling(meta)
+    if s is None:
+        raise ValueError("the adapter carries no metadata giving its scaling (MindFormers / mcore files hold no "
+                         "lora_alpha): pass scaling= (lora_alpha / lora_rank) explicitly")
+    cfg_rank = ((meta or {}).get("pet_config") or {}).get("lora_rank")
+
+    def from_meta(rank):
+        if cfg_rank is not None and rank != cfg_rank:
+            raise ValueError(f"the adapter's metadata says lora_rank={cfg_rank} but a pair has rank {rank}: "
+                             "the metadata does not describe these weights; pass scaling= explicitly")
+        return s
+    return from_meta
+
+
+def _resolve_layouts(plan, layout):
+    """plan: {module: (W shape, out, in)} -> {module: 'out_in' | 'in_out'}."""
+    _checks.check_choice("layout", layout, LAYOUTS)
+    decided, square, bad = {}, [], []
+    for module, (shape, out, inn) in plan.items():
+        if layout != "auto":
+            want = (out, inn) if layout == "out_in" else (inn, out)
+            if shape != want:
+                bad.append(f"{module}: base {list(shape)} vs {layout} {list(want)}")
+            decided[module] = layout
+        elif out == inn and shape == (out, inn):
+            square.append(module)
+        elif shape == (out, inn):
+            decided[module] = "out_in"
+        elif shape == (inn, out):
+            decided[module] = "in_out"
+        else:
+            bad.append(f"{module}: base {list(shape)} fits neither [out, in] = {[out, inn]} nor [in, out]")
+    if bad:
+        raise ValueError(f"base weights do not fit the adapter (another architecture or rank?): {'; '.join(bad[:8])}")
+    if square:
+        seen = set(decided.values())
+        if len(seen) != 1:
+            why = "no non-square weight tells the layout" if not seen else "the non-square weights use both layouts"
+            raise ValueError(f"cannot tell the layout of square weights ({', '.join(sorted(square)[:4])}...): {why}; "
+                             "pass layout='out_in' (nn.Dense, Hugging Face) or 'in_out' (transpose_b=False)")
+        only = seen.pop()
+        decided.update({m: only for m in square})
+    return decided
+
+
+def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lora_alpha=None, use_rslora=False):
+    """Merge (or unmerge) an adapter into a dict of base weights, in memory.
+
+    Args:
+        base: ``{name: array/Tensor}`` or a checkpoint path.
+        adapter: a path, a ``(tensors, metadata)`` pair (as :func:`read_adapter` returns) or a dict of
+            tensors (then ``scaling`` or ``lora_alpha`` is required).
+        scaling: overrides the metadata's s.
+        layout: 'auto', 'out_in' or 'in_out' (see the module docstring).
+        unmerge: subtract instead of add.
+        lora_alpha, use_rslora: give s as alpha / r per pair (r read from the shapes) when there is no
+            metadata and no scaling.
+
+    Returns:
+        A new ``{name: numpy array}`` with every base entry; merged weights keep their dtype.
+
+    Raises:
+        ValueError: a LoRA pair without base weight (named), shapes that do not fit, unknown scaling,
+            an ambiguous layout, extras on unmerge.
+    """
+    weights = _as_base(base)
+    tensors, meta = _as_adapter(adapter)
+    pairs, extras = _io.split_lora_pairs(tensors)
+    if not pairs and not extras:
+        raise ValueError("the adapter holds no LoRA pairs and no other tensors")
+    scale = _scale_for(meta, scaling, lora_alpha, use_rslora) if pairs else None
+    if unmerge and extras:
+        raise ValueError(f"cannot unmerge: the adapter carries full trained weights ({_io.short_list(extras)}) "
+                         "whose base values are not in it")
+
+    wanted = {f"{module}.weight": module for module in pairs}
+    mapping, unexpected, ambiguous = _io.resolve_names(wanted, weights)
+    if ambiguous:
+        raise ValueError(f"adapter pairs match base keys ambiguously: {sorted(ambiguous.items())[:4]}")
+    if unexpected:
+        raise ValueError(f"base checkpoint has no weight for {len(unexpected)} adapter pairs: "
+                         f"{_io.short_list(unexpected)}")
+    extra_map, extra_missing, extra_amb = _io.resolve_names(extras, weights)
+    if extra_missing or extra_amb:
+        raise ValueError(f"base checkpoint has no entry for adapter tensors: {_io.short_list(list(extra_missing) + list(extra_amb))}")
+
+    plan = {}
+    for key, base_key in mapping.items():
+        a, b = pairs[wanted[key]]
+        plan[key] = (tuple(weights[base_key].shape), b.shape[0], a.shape[1])
+    layouts = _resolve_layouts(plan, layout)
+    scales = {key: scale(pairs[wanted[key]][0].shape[0]) for key in mapping}  # all checks before any math
+
+    out = dict(weights)
+    sign = -1.0 if unmerge else 1.0
+    for key, base_key in mapping.items():
+        a, b = pairs[wanted[key]]
+        w = weights[base_key]
+        delta = np.float32(scales[key]) * (b.astype(np.float32) @ a.astype(np.float32))
+        if layouts[key] == "in_out":
+            delta = delta.T
+        out[base_key] = (w.astype(np.float32) + np.float32(sign) * delta).astype(w.dtype)
+    for key, base_key in extra_map.items():
+        if tuple(extras[key].shape) != tuple(weights[base_key].shape):
+            raise ValueError(f"{key}: adapter {list(extras[key].shape)} vs base {list(weights[base_key].shape)}")
+        out[base_key] = extras[key].astype(weights[base_key].dtype)
+    logger.info("%s %d LoRA pairs (+%d full tensors)", "unmerged" if unmerge else "merged", len(mapping), len(extra_map))
+    return out
+
+
+def merge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto", unmerge=False,  # pylint: disable=redefined-builtin
+                     lora_alpha=None, use_rslora=False):
+    """:func:`merge_weights`, then write ``out`` (.ckpt / .safetensors, atomically) if given.
+    Returns the merged ``{name: numpy array}``."""
+    if out is not None:
+        _io.check_output_path(out, format)
+    merged = merge_weights(base, adapter, scaling, layout, unmerge, lora_alpha, use_rslora)
+    if out is not None:
+        _io.write_checkpoint(merged, out, format)
+    return merged
+
+
+def unmerge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto"):  # pylint: disable=redefined-builtin
+    """W = W' - s·B·A: undo :func:`merge_checkpoint` (exact up to the base dtype's rounding)."""
+    return merge_checkpoint(base, adapter, out, format, scaling, layout, unmerge=True)
+
+
+def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=None, use_rslora=False,  # pylint: disable=redefined-builtin
+                          layout="auto"):
+    """Merge a MindFormers LoRA checkpoint (base and LoRA weights in one file) into a plain base.
+
+    The LoRA pairs are added to their base weights; the LoRA entries and training states
+    (``adam_m.*``, ``epoch_num``, ...) are dropped. Such files carry no lora_alpha: give ``scaling``,
+    or ``lora_alpha`` (and ``use_rslora``) to take s = alpha / r with r from the shapes.
+    """
+    if out is not None:
+        _io.check_output_path(out, format)
+    tensors = _as_base(src)
+    lora = {k: v for k, v in tensors.items() if LORA_PARAM_MARK in _io.normalize_name(k) and not _io.is_state_key(k)}
+    if not lora:
+        raise ValueError(f"{src if isinstance(src, str) else 'src'} holds no LoRA weights (mindpet_delta_lora_a/_b)")
+    base = {k: v for k, v in tensors.items() if k not in lora and not _io.is_state_key(k)}
+    if scaling is None and lora_alpha is None:
+        raise ValueError("a MindFormers LoRA checkpoint carries no lora_alpha: pass scaling= or lora_alpha=")
+    merged = merge_weights(base, (lora, {}), scaling, layout, False, lora_alpha, use_rslora)
+    if out is not None:
+        _io.write_checkpoint(merged, out, format)
+    return merged
+
+
+def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None, layout="auto", strict=True):  # pylint: disable=redefined-builtin
+    """Merge an adapter into a network or a base checkpoint.
+
+    * A network with LoRA cells: the adapter (if given) is loaded with :func:`load_adapter`, then every
+      LoRA cell is merged in place (W += s·B·A in float32, cast back). Returns the network.
+    * A network without LoRA cells (a plain base model): the adapter's pairs are added to the weights of
+      the matching Dense layers in place. Returns the network.
+    * A ``{name: array}`` dict or a checkpoint path: :func:`merge_checkpoint` (writes ``out`` if given).
+      Returns the merged dict.
+    """
+    if isinstance(net_or_base, nn.Cell):
+        net = net_or_base
+        cells = _io.lora_cells(net)
+        if cells:
+            if scaling is not None:
+                raise ValueError("scaling cannot be overridden when merging LoRA cells (each has its own); "
+                                 "merge the checkpoint instead")
+            if adapter is not None:
+                _io.load_adapter(net, adapter, strict=strict)
+            for cell in cells.values():
+                cell.merge()
+            logger.info("merge_adapter: merged %d LoRA cells", len(cells))
+            return net
+        if adapter is None:
+            raise ValueError("the network has no LoRA cells: give the adapter to merge into it")
+        params = dict(net.parameters_and_names())
+        base = {name: _io.to_numpy(p) for name, p in params.items()}
+        merged = merge_weights(base, adapter, scaling, layout)
+        changed = [n for n in params if merged[n] is not base[n]]
+        for name in changed:
+            params[name].set_data(Tensor(merged[name]).astype(params[name].dtype))
+        logger.info("merge_adapter: updated %d weights of the network", len(changed))
+        return net
+    if adapter is None:
+        raise ValueError("adapter is required to merge into a checkpoint")
+    return merge_checkpoint(net_or_base, adapter, out, format, scaling, layout)

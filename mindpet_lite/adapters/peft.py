@@ -1,0 +1,275 @@
+"""Exchange adapters with Hugging Face PEFT (``peft.PeftModel.from_pretrained`` on a ``LlamaForCausalLM``).
+
+A PEFT LoRA directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` with keys
+``base_model.model.<HF module>.lora_A.weight`` ([r, in]) and ``.lora_B.weight`` ([out, r]): the same
+orientation as ``mindpet_delta_lora_a`` / ``_b``, so weights are copied as they are and only the module
+paths are renamed (``attention.wq`` <-> ``self_attn.q_proj``, ``feed_forward.w1`` <-> ``mlp.gate_proj``,
+``w2`` <-> ``down_proj``, ``w3`` <-> ``up_proj``, ...; see ``convert.py``). PEFT computes
+``W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``use_rslora``), as LoRADense does.
+
+Parameters the adapter left fully trainable (``freeze_exclude``) are exported as PEFT
+``modules_to_save`` (``base_model.model.<HF name>``) and imported back.
+
+Import refuses what a LoRADense cannot hold: DoRA, per-module ``rank_pattern`` / ``alpha_pattern``,
+LoRA biases, embedding LoRA, ``fan_in_fan_out``, and other PEFT types.
+"""
+import json
+import logging
+import os
+import re
+
+import numpy as np
+
+from mindpet_lite import _checks
+from mindpet_lite.adapters import convert
+from mindpet_lite.adapters import io as _io
+from mindpet_lite.delta.lora import LORA_A, LORA_B
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_peft", "import_peft", "read_peft_adapter"]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+
+# adapter_config.json keys whose non-default value changes the math in a way we cannot represent
+_REFUSED = {
+    "use_dora": (False, None),
+    "rank_pattern": ({}, None),
+    "alpha_pattern": ({}, None),
+    "lora_bias": (False, None),
+    "fan_in_fan_out": (False, None),
+    "use_qalora": (False, None),
+    "layer_replication": (None,),
+    "target_parameters": (None, []),
+    "trainable_token_indices": (None,),
+    "alora_invocation_tokens": (None,),
+    "megatron_config": (None,),
+    "use_bdlora": (None, False),
+}
+
+
+def _hf_module(module):
+    """HF module path of one of ours, allowing a leading prefix (``network.``); None if not Llama."""
+    parts = module.split(".")
+    for i in range(len(parts)):
+        mapped = convert.mindspore_module_to_hf(".".join(parts[i:]))
+        if mapped is not None:
+            return mapped
+    return None
+
+
+def _hf_param(name):
+    parts = name.split(".")
+    for i in range(len(parts)):
+        mapped = convert.mindspore_name_to_hf(".".join(parts[i:]))
+        if mapped is not None:
+            return mapped
+    return None
+
+
+def _target_modules(hf_modules, meta_cfg):
+    """PEFT target_modules: the leaf names when every adapted layer has the same set, else an exact regex."""
+    per_layer, others = {}, set()
+    for path in hf_modules:
+        match = re.match(r"^model\.layers\.(\d+)\.(.+)$", path)
+        if match:
+            per_layer.setdefault(match.group(1), set()).add(match.group(2).rsplit(".", 1)[-1])
+        else:
+            others.add(path)
+    leaf_sets = {frozenset(s) for s in per_layer.values()}
+    uniform = len(leaf_sets) <= 1 and not (meta_cfg or {}).get("exclude_layers")
+    if uniform and all(p == "lm_head" for p in others):
+        leaves = set().union(*leaf_sets) if leaf_sets else set()
+        return sorted(leaves | others)
+    return "^(?:" + "|".join(re.escape(p) for p in sorted(hf_modules)) + ")$"
+
+
+def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None):
+    """Write a Hugging Face PEFT LoRA directory from an adapter.
+
+    Args:
+        adapter: an adapter file (or a ``(tensors, metadata)`` pair) holding built-in Llama names.
+        out_dir: the directory to write ``adapter_config.json`` and ``adapter_model.safetensors`` to
+            (created; existing files of those names are replaced atomically).
+        base_model_name_or_path: recorded in the config (None: pass the base model to PeftModel yourself).
+        lora_alpha, use_rslora: needed only for adapters without metadata (MindFormers files).
+
+    Returns:
+        The adapter_config dict written.
+
+    Raises:
+        ValueError: a LoRA module that is not a Llama projection, ranks that differ per module, an
+            unknown alpha; ``out_dir`` a file.
+    """
+    _checks.check_str("out_dir", out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"out_dir must be a directory, got a file: {out_dir}")
+    if isinstance(adapter, str):
+        tensors, meta = _io.read_adapter(adapter)
+    elif isinstance(adapter, tuple) and len(adapter) == 2:
+        tensors, meta = _io.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1] or {})
+    else:
+        raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
+    cfg = dict(meta.get("pet_config") or {})
+    pairs, extras = _io.split_lora_pairs(tensors)
+    if not pairs:
+        raise ValueError("the adapter holds no LoRA pairs to export")
+    ranks = {a.shape[0] for a, _ in pairs.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"the LoRA pairs have different ranks {sorted(ranks)}: PEFT rank_pattern is not written")
+    rank = ranks.pop()
+    if cfg.get("lora_rank") not in (None, rank):
+        raise ValueError(f"the adapter's metadata says lora_rank={cfg['lora_rank']} but its weights have rank {rank}")
+    alpha = lora_alpha if lora_alpha is not None else cfg.get("lora_alpha")
+    if alpha is None:
+        raise ValueError("the adapter carries no lora_alpha (no metadata): pass lora_alpha= "
+                         "(and use_rslora=) to export it")
+    _checks.check_lora_alpha("lora_alpha", alpha)
+    rslora = bool(cfg.get("use_rslora", False)) if use_rslora is None else _checks.check_bool("use_rslora", use_rslora)
+
+    out, unknown, hf_modules = {}, [], []
+    for module, (a, b) in sorted(pairs.items()):
+        hf = _hf_module(module)
+        if hf is None:
+            unknown.append(module)
+            continue
+        hf_modules.append(hf)
+        out[f"{_PREFIX}{hf}.lora_A.weight"] = a
+        out[f"{_PREFIX}{hf}.lora_B.weight"] = b
+    to_save = []
+    for name, array in sorted(extras.items()):
+        hf = _hf_param(name)
+        if hf is None:
+            unknown.append(name)
+            continue
+        out[f"{_PREFIX}{hf}"] = array
+        to_save.append(hf.rsplit(".", 1)[0])
+    if unknown:
+        raise ValueError(f"{len(unknown)} adapter entries have no Hugging Face Llama counterpart: "
+                         f"{_io.short_list(unknown)}")
+    dropout = float(cfg.get("lora_dropout") or 0.0)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(rank), "lora_alpha": alpha,
+        "use_rslora": rslora, "target_modules": _target_modules(hf_modules, cfg), "lora_dropout": dropout,
+        "bias": "none", "base_model_name_or_path": base_model_name_or_path, "fan_in_fan_out": False,
+        "modules_to_save": to_save or None, "init_lora_weights": True, "inference_mode": True,
+        "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "layers_to_transform": None,
+        "layers_pattern": None, "revision": None,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    _io.write_checkpoint(out, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", raw_metadata={"format": "pt"})
+    _io.write_json(os.path.join(out_dir, CONFIG_NAME), config)
+    logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
+    return config
+
+
+def _read_config(peft_dir):
+    path = os.path.join(peft_dir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{peft_dir}: no {CONFIG_NAME} (not a PEFT adapter directory)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
+    for key, allowed in _REFUSED.items():
+        if key in config and config[key] not in allowed:
+            raise ValueError(f"{path}: {key}={config[key]!r} is not supported (a LoRADense holds plain LoRA with "
+                             "one rank and alpha; DoRA, per-module patterns, LoRA biases and the like cannot be "
+                             "represented)")
+    if config.get("bias", "none") != "none":
+        raise ValueError(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
+    for key in ("r", "lora_alpha"):
+        if key not in config:
+            raise ValueError(f"{path}: missing required key {key!r}")
+    _checks.check_positive_int(f"{CONFIG_NAME} r", config["r"])
+    _checks.check_lora_alpha(f"{CONFIG_NAME} lora_alpha", config["lora_alpha"])
+    return config
+
+
+def read_peft_adapter(peft_dir):
+    """Read a PEFT LoRA directory as an adapter with built-in Llama names.
+
+    Returns:
+        ``(tensors, metadata)`` as :func:`read_adapter` gives them; the metadata's pet_config carries
+        r, lora_alpha, use_rslora, lora_dropout and the target modules; ``peft_config`` the original.
+    """
+    _checks.check_str("peft_dir", peft_dir)
+    if not os.path.isdir(peft_dir):
+        raise NotADirectoryError(f"peft_dir must be a PEFT adapter directory, got {peft_dir}")
+    config = _read_config(peft_dir)
+    weights = os.path.join(peft_dir, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        if os.path.isfile(os.path.join(peft_dir, "adapter_model.bin")):
+            raise ValueError(f"{peft_dir}: only {WEIGHTS_NAME} is read (found adapter_model.bin; save with "
+                             "safe_serialization=True)")
+        raise FileNotFoundError(f"{peft_dir}: no {WEIGHTS_NAME}")
+    raw, _ = _io.read_checkpoint(weights)
+    tensors, unknown, leaves = {}, [], set()
+    rank = config["r"]
+    for key, array in raw.items():
+        if "lora_embedding" in key or "lora_magnitude" in key or key.endswith(".lora_A.bias") \
+                or key.endswith(".lora_B.bias"):
+            raise ValueError(f"{weights}: {key} is an embedding LoRA / DoRA / LoRA-bias weight, which a LoRADense "
+                             "cannot hold")
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        match = re.match(r"^(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
+        if match:
+            module = convert.hf_module_to_mindspore(match.group(1))
+            if module is None:
+                unknown.append(key)
+                continue
+            which = LORA_A if match.group(2) == "A" else LORA_B
+            r = array.shape[0] if which == LORA_A else array.shape[-1]
+            if array.ndim != 2 or r != rank:
+                raise ValueError(f"{weights}: {key} has shape {list(array.shape)}, not rank r={rank} of "
+                                 f"{CONFIG_NAME}")
+            tensors[f"{module}.{which}"] = array
+            leaves.add(module.rsplit(".", 1)[-1])
+        else:
+            ours = convert.hf_name_to_mindspore(name.replace(".modules_to_save.default.", "."))
+            if ours is None:
+                unknown.append(key)
+                continue
+            tensors[ours] = array
+    if unknown:
+        raise ValueError(f"{weights}: {len(unknown)} keys have no built-in Llama counterpart: {_io.short_list(unknown)}")
+    if not any(k.endswith(LORA_A) for k in tensors):
+        raise ValueError(f"{weights} holds no LoRA weights")
+    _io.split_lora_pairs(tensors)  # every A has its B
+    pet_config = {
+        "pet_type": "lora", "lora_rank": int(rank), "lora_alpha": config["lora_alpha"],
+        "lora_dropout": float(config.get("lora_dropout") or 0.0), "use_rslora": bool(config.get("use_rslora", False)),
+        "target_modules": "|".join(f".*{leaf}" for leaf in sorted(leaves)),
+    }
+    meta = {"format_version": _io.FORMAT_VERSION, "kind": "lora_adapter", "toolkit": "mindpet_lite",
+            "toolkit_version": _io.toolkit_version(), "source": "peft", "pet_config": pet_config,
+            "scaling": _io.adapter_scaling({"pet_config": pet_config}), "base_fingerprint": None,
+            "peft_config": {k: v for k, v in config.items() if _jsonable(v)}}
+    return tensors, meta
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def import_peft(peft_dir, out=None, format=None):  # pylint: disable=redefined-builtin
+    """Convert a PEFT LoRA directory to an adapter file (``out``, .ckpt / .safetensors) that
+    :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``."""
+    if out is not None:
+        _io.check_output_path(out, format)
+    tensors, meta = read_peft_adapter(peft_dir)
+    if out is not None:
+        _io.write_checkpoint({k: np.asarray(v) for k, v in tensors.items()}, out, format, metadata=meta)
+        logger.info("import_peft: %s -> %s (%d tensors)", peft_dir, out, len(tensors))
+    return tensors, meta
