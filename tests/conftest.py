@@ -4,6 +4,7 @@ Tests run from a temporary directory so that nothing (MindFormers' ./output/log,
 kernel_meta, ...) is written into the repository; use REPO for paths inside the repository.
 """
 import os
+import tempfile
 
 import mindspore as ms
 import pytest
@@ -15,12 +16,15 @@ ms.set_device("CPU")
 GRAPH, PYNATIVE = ms.GRAPH_MODE, ms.PYNATIVE_MODE
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _scratch_cwd(tmp_path_factory):
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    yield
-    os.chdir(old)
+def pytest_configure(config):
+    """Move to a scratch directory before collection: a test module that imports mindformers at
+    import time would otherwise write ./output/log into the repository."""
+    config._mindpet_lite_old_cwd = os.getcwd()  # pylint: disable=protected-access
+    os.chdir(tempfile.mkdtemp(prefix="mindpet_lite_tests_"))
+
+
+def pytest_unconfigure(config):
+    os.chdir(getattr(config, "_mindpet_lite_old_cwd", os.getcwd()))
 
 
 @pytest.fixture(params=[GRAPH, PYNATIVE], ids=["graph", "pynative"])
