@@ -9,6 +9,8 @@ from mindpet_lite.graph.freeze import (
     get_adapter_params,
     trainable_params_report,
 )
+from mindpet_lite.adapters.io import load_adapter, save_adapter
+from mindpet_lite.adapters.merge import merge_adapter
 
 __all__ = [
     "__version__",
@@ -18,4 +20,7 @@ __all__ = [
     "freeze_from_config",
     "get_adapter_params",
     "trainable_params_report",
+    "save_adapter",
+    "load_adapter",
+    "merge_adapter",
 ]

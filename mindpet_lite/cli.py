@@ -119,10 +119,12 @@ def _add_convert_base(sub):
             else:
                 config = None
                 if args.model_config:
+                    import json  # pylint: disable=import-outside-toplevel
                     import yaml  # pylint: disable=import-outside-toplevel
                     from mindpet_lite.models.llama import LlamaConfig  # pylint: disable=import-outside-toplevel
                     with open(args.model_config, encoding="utf-8") as f:
-                        data = yaml.safe_load(f)
+                        is_json = args.model_config.endswith(".json")
+                        data = json.load(f) if is_json else yaml.safe_load(f)
                     if isinstance(data, dict) and isinstance(data.get("model"), dict):
                         data = data["model"].get("model_config", data)
                     config = LlamaConfig.from_dict(data)
