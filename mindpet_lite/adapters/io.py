@@ -312,6 +312,8 @@ def _config_dict(net, config):
     if config is None:
         config = getattr(net, "pet_config", None)
     if config is None:
+        config = _mindformers_config(net)
+    if config is None:
         if not cells:
             return None
         config = _infer_config(cells)
@@ -327,6 +329,20 @@ def _config_dict(net, config):
             raise ValueError(f"config scaling {config.scaling:g} (lora_alpha={config.lora_alpha}, "
                              f"use_rslora={config.use_rslora}) but {name} computes with scaling {cell.scaling:g}")
     return config.to_dict()
+
+
+def _mindformers_config(net):
+    """A MindFormers model's ``config.pet_config`` (a dict-like block) as a LoraConfig, or None."""
+    from mindpet_lite.pet.config import LoraConfig  # pylint: disable=import-outside-toplevel
+    block = getattr(getattr(net, "config", None), "pet_config", None)
+    if block is None:
+        return None
+    try:
+        data = {k: v for k, v in dict(block).items() if k in LoraConfig.keys()}
+        return LoraConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        logger.info("save_adapter: the model's config.pet_config is not usable (%s); describing the LoRA cells", err)
+        return None
 
 
 def _infer_config(cells):

@@ -23,7 +23,6 @@ from mindspore import Tensor, nn
 
 from mindpet_lite import _checks
 from mindpet_lite.adapters import io as _io
-from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.graph.freeze import LORA_PARAM_MARK
 
 logger = logging.getLogger(__name__)

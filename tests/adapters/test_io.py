@@ -290,3 +290,17 @@ def test_metadata_is_plain_json(tmp_path):
     from safetensors import safe_open
     with safe_open(path, "np") as f:
         json.loads(f.metadata()["mindpet_lite"])
+
+
+def test_config_from_mindformers_model_config(tmp_path):
+    """A MindFormers model carries its pet_config in `config.pet_config` (with keys of its own)."""
+    import types
+    net = small_net()
+    net.config = types.SimpleNamespace(pet_config={"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8,
+                                                   "lora_dropout": 0.0, "target_modules": ".*fc1|.*fc2",
+                                                   "type": "LoraConfig"})
+    meta = save_adapter(net, str(tmp_path / "a.ckpt"))
+    assert meta["pet_config"]["target_modules"] == ".*fc1|.*fc2" and meta["scaling"] == 2.0
+    del net.config
+    meta = save_adapter(net, str(tmp_path / "b.ckpt"))  # nothing to read: described from the cells
+    assert meta["pet_config"]["target_modules"] == ".*fc1|.*fc2" and meta["pet_config"]["lora_rank"] == 4
