@@ -4,6 +4,16 @@
 
 A is [rank, in] (HeUniform init), B is [out, rank] (zeros), so a fresh layer equals its base Dense.
 The layer knows no config and no file: `pet.get_pet_model` decides where it goes.
+
+Two ways to compute the same function, chosen per call from the static shapes (benchmarks/README.md):
+
+- branch:  x·Wᵀ + ((x·Aᵀ)·s)·Bᵀ — the textbook form; right when there are few rows (decoding).
+- folded:  x·(W + (s·B)·A)ᵀ, with a hand-written backward that gives dx = dy·(W + s·B·A) and the LoRA
+  gradients through the narrow [N, r] products (dA = s·(dy·B)ᵀ·x, dB = s·dyᵀ·(x·Aᵀ)), so no [out, in]
+  weight gradient is formed for a frozen W. On CPU the branch's skinny [N, in]x[in, r] matmul, its
+  [N, out] add and their backward twins cost ~3–4% of the main matmul each; folding replaces them by
+  [out, in] element-wise work, which is cheaper whenever N is large next to in·out / (in + 4·out).
+  Used for float32 compute without dropout (folding in float16/bfloat16 would round s·B·A to W's ulp).
 """
 import math
 import numbers
@@ -59,6 +69,43 @@ def _check_activation(activation):
 
 def _no_hook(cell, inputs):  # pylint: disable=unused-argument
     return None
+
+
+def _fold_pays(rows, in_channels, out_channels):
+    """Forward element traffic of the branch (read x for x·Aᵀ, write h·Bᵀ, the add) against the
+    fold's (write B·A, read W and it, write W + s·B·A). Training favours the fold even more."""
+    return rows * (in_channels + 4 * out_channels) > 4 * in_channels * out_channels
+
+
+class _FoldedLoRAMatMul(nn.Cell):
+    """y = x·(W + s·B·A)ᵀ with the LoRA backward through the narrow products.
+
+    Gradients returned for every input; those nobody asks for (a frozen W's dW = dyᵀ·x) are pruned
+    from the compiled graph, so a frozen weight costs no [out, in] matmul."""
+
+    def __init__(self, scaling):
+        super().__init__()
+        self.scaling = scaling
+        self.matmul = ops.MatMul()
+        self.matmul_tb = ops.MatMul(transpose_b=True)
+        self.matmul_ta = ops.MatMul(transpose_a=True)
+        self.transpose = ops.Transpose()
+
+    def construct(self, x, weight, lora_a, lora_b):
+        folded = weight + self.matmul(lora_b * self.scaling, lora_a)  # [out, r]x[r, in]
+        return self.matmul_tb(x, folded)
+
+    def bprop(self, x, weight, lora_a, lora_b, out, dout):  # pylint: disable=unused-argument
+        b_scaled = lora_b * self.scaling
+        dx = self.matmul(dout, weight + self.matmul(b_scaled, lora_a))  # W + s·B·A is shared with construct
+        d_weight = self.matmul_ta(dout, x)  # pruned when W is frozen
+        # the narrow products as [r, N]·[N, *] with the small operand transposed first: on CPU a
+        # transpose_a MatMul over the [N, *] operand costs 1.5-2.5x as much (benchmarks/README.md)
+        g_t = self.transpose(self.matmul(dout, b_scaled), (1, 0))  # (s·dy·B)ᵀ: [r, N]
+        d_a = self.matmul(g_t, x)  # [r, in]
+        h_t = self.transpose(self.matmul_tb(x, lora_a), (1, 0))  # (x·Aᵀ)ᵀ: [r, N]
+        d_b = self.transpose(self.matmul(h_t, dout) * self.scaling, (1, 0))  # s·(hᵀ·dy)ᵀ: [out, r]
+        return dx, d_weight, d_a, d_b
 
 
 class LoRADense(nn.Dense):
@@ -118,6 +165,9 @@ class LoRADense(nn.Dense):
                                               name=LORA_B)
 
         self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else None
+        # None: choose per call from the shapes; True / False: force the folded / branch form
+        self._fold_mode = None
+        self.folded_matmul = _FoldedLoRAMatMul(self.scaling)
         self.cast = ops.Cast()
         self.lora_a_matmul = ops.MatMul(transpose_b=True)
         self.lora_b_matmul = ops.MatMul(transpose_b=True)
@@ -151,23 +201,49 @@ class LoRADense(nn.Dense):
         x_shape = self.shape_op(x)
         if len(x_shape) < 2:
             raise ValueError(f"LoRADense input must have rank >= 2, got shape {x_shape}")
-        x = self.cast(x, self.dtype)
+        if ori_dtype != self.dtype:  # dtypes are graph constants: equal dtypes add no Cast op
+            x = self.cast(x, self.dtype)
         if len(x_shape) != 2:
             x = self.reshape(x, (-1, x_shape[-1]))
-        out = self.matmul(x, self.cast(self.weight, self.dtype))
-        if self.has_bias:
-            out = self.bias_add(out, self.cast(self.bias, self.dtype))
-        if not self.merged:
+        weight = self._as_compute(self.weight)
+        if self.merged:
+            out = self.matmul(x, weight)
+        elif self._use_fold(x_shape):
+            out = self.folded_matmul(x, weight, self.mindpet_delta_lora_a, self.mindpet_delta_lora_b)
+        else:
+            out = self.matmul(x, weight)
             h = x if self.lora_dropout is None else self.lora_dropout(x)
-            h = self.lora_a_matmul(h, self.cast(self.mindpet_delta_lora_a, self.dtype))  # [N, r]: x·Aᵀ first
+            h = self.lora_a_matmul(h, self._as_compute(self.mindpet_delta_lora_a))  # [N, r]: x·Aᵀ first
             h = self.mul(h, self.scaling)  # scale the narrow [N, r] product, not the [N, out] one
-            h = self.lora_b_matmul(h, self.cast(self.mindpet_delta_lora_b, self.dtype))
+            h = self.lora_b_matmul(h, self._as_compute(self.mindpet_delta_lora_b))
             out = self.add(out, h)
+        if self.has_bias:
+            out = self.bias_add(out, self._as_compute(self.bias))
         if self.activation_flag:
             out = self.activation(out)
         if len(x_shape) != 2:
             out = self.reshape(out, x_shape[:-1] + (self.out_channels,))
-        return self.cast(out, ori_dtype)
+        if ori_dtype != self.dtype:
+            out = self.cast(out, ori_dtype)
+        return out
+
+    def _as_compute(self, param):
+        if param.dtype != self.dtype:
+            return self.cast(param, self.dtype)
+        return param
+
+    def _use_fold(self, x_shape):
+        """Folded form for float32 compute, no dropout and enough rows (static shapes only)."""
+        if self._fold_mode is not None:
+            return self._fold_mode and self.lora_dropout is None
+        if self.lora_dropout is not None or self.dtype != mstype.float32:
+            return False
+        rows = 1
+        for dim in x_shape[:-1]:
+            if dim is None or dim < 0:
+                return False
+            rows = rows * dim
+        return _fold_pays(rows, self.in_channels, self.out_channels)
 
     # ---- merge / unmerge -------------------------------------------------------------------
     def delta_weight(self):
