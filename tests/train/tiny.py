@@ -1,0 +1,49 @@
+"""Builders of the tiny run the train tests share: data, a base checkpoint, the flags.
+
+Every row of the tiny data has the same number of label tokens (a 4-letter answer + eos), so the
+per-row-mean gradients of a data-parallel run and of one process over the same global batch agree.
+"""
+import json
+import os
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY_YAML = os.path.join(HERE, "tiny_test.yaml")
+TEMPLATE = {"prompt_input": "{instruction} {input} =", "prompt_no_input": "{instruction} ="}
+MODEL = dict(seq_length=15, hidden_size=32, num_layers=2, num_heads=4, vocab_size=260, intermediate_size=64)
+
+
+def make_data(folder, rows=32, seed=0, name="train"):
+    """A MindRecord of `rows` 'rev abcd =dcba' examples (16 tokens a row: seq_length 15)."""
+    from mindpet_lite.data import convert_alpaca
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnop")
+    records = []
+    for _ in range(rows):
+        word = "".join(rng.choice(letters, 4))
+        records.append({"instruction": "rev", "input": word, "output": word[::-1]})
+    src = os.path.join(folder, f"{name}.json")
+    with open(src, "w", encoding="utf-8") as f:
+        json.dump(records, f)
+    dst = os.path.join(folder, f"{name}.mindrecord")
+    convert_alpaca(src, dst, "byte", MODEL["seq_length"], template=TEMPLATE, overwrite=True)
+    return dst
+
+
+def make_base(path, seed=0, **changes):
+    """Save a randomly initialised built-in Llama (the tiny shape, with `changes`) as a checkpoint."""
+    import mindspore as ms
+    from mindpet_lite.models.llama import LlamaConfig, LlamaForCausalLM
+
+    ms.set_seed(seed)
+    net = LlamaForCausalLM(LlamaConfig.from_dict({**MODEL, **changes}))
+    ms.save_checkpoint(net, path)
+    return path
+
+
+def flags(base, data, out, *extra):
+    return ["--config", TINY_YAML, "--load_checkpoint", base, "--train_dataset_dir", data,
+            "--output_dir", out, *extra]
