@@ -7,10 +7,59 @@ import sys
 # ---- finetune / data (train, data) ------------------------------------------------------------
 def _add_finetune(sub):
     """`mindpet-lite finetune ...`: the same flags as `python -m mindpet_lite.run`."""
+    from mindpet_lite.train.run_config import add_run_arguments  # pylint: disable=import-outside-toplevel
+    p = sub.add_parser("finetune", help="LoRA fine-tuning from a MindFormers run YAML (run_mindformer.py's flags)",
+                       description="LoRA fine-tuning from a MindFormers run YAML; flags override the YAML, "
+                                   "--options KEY=VALUE sets any other key. Same as python -m mindpet_lite.run.")
+    add_run_arguments(p)
+
+    def run(args):
+        from mindpet_lite.train.run_config import load_run_config  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.train.trainer import finetune  # pylint: disable=import-outside-toplevel
+        try:
+            finetune(load_run_config(args))
+        except (ValueError, TypeError, KeyError, FileNotFoundError, NotImplementedError) as err:
+            print(f"mindpet-lite finetune: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def _add_data(sub):
     """`mindpet-lite data ...`: Alpaca JSON/JSONL -> MindRecord."""
+    p = sub.add_parser("data", help="convert Alpaca-style JSON/JSONL to MindRecord (input_ids, labels)",
+                       description="Alpaca records (instruction, input, output) -> MindRecord rows of seq_length+1 "
+                                   "int32 input_ids and labels, prompt tokens masked with -100.")
+    p.add_argument("--src", required=True, help="JSON list or JSONL file of {instruction, input, output}")
+    p.add_argument("--dst", required=True, help="MindRecord file to write (its .db index goes beside it)")
+    p.add_argument("--tokenizer", default="byte",
+                   help="'byte' (built-in, no download) or the path of a SentencePiece tokenizer.model (Llama)")
+    p.add_argument("--seq_length", "--seq-length", dest="seq_length", type=int, required=True,
+                   help="the model's seq_length; rows hold seq_length + 1 tokens")
+    p.add_argument("--template", default=None,
+                   help="JSON file with 'prompt_input' and 'prompt_no_input' format strings "
+                        "(default: the Alpaca prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
+
+    def run(args):
+        import json  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.data import convert_alpaca  # pylint: disable=import-outside-toplevel
+        try:
+            template = None
+            if args.template:
+                with open(args.template, encoding="utf-8") as f:
+                    template = json.load(f)
+            stats = convert_alpaca(args.src, args.dst, args.tokenizer, args.seq_length, template=template,
+                                   overwrite=args.overwrite)
+        except (ValueError, TypeError, KeyError, OSError, ImportError) as err:
+            print(f"mindpet-lite data: error: {err}", file=sys.stderr)
+            return 1
+        print(f"wrote {stats['dst']}: {stats['written']} rows of {stats['seq_length'] + 1} tokens "
+              f"({stats['skipped']} skipped, {stats['truncated']} truncated, {stats['label_tokens']} label tokens)")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # ---- adapters (merge, export-peft, import-peft, convert-base) ----------------------------------

@@ -673,6 +673,9 @@ def add_run_arguments(parser):
     parser.add_argument("--batch_size", default=None, type=int, help="per-worker batch size")
     parser.add_argument("--gradient_accumulation_steps", default=None, type=int)
     parser.add_argument("--sink_mode", default=None, type=str2bool, help="accepted; steps are fed from Python")
+    parser.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="set any YAML key, e.g. --options lr_schedule.learning_rate=1e-3 "
+                             "runner_wrapper.use_clip_grad=False (values read as YAML)")
     return parser
 
 
@@ -703,6 +706,11 @@ def parse_extra_overrides(rest):
 
 def load_run_config(args, extra=None):
     """RunConfig from parsed flags (``args.config`` plus overrides) and extra ``--a.b value`` pairs."""
-    overrides = parse_extra_overrides(extra or [])
+    overrides = {}
+    for item in getattr(args, "options", None) or []:
+        if "=" not in item:
+            raise ValueError(f"--options takes KEY=VALUE items, got {item!r}")
+        overrides.update(parse_extra_overrides(["--" + item]))
+    overrides.update(parse_extra_overrides(extra or []))
     overrides.update(overrides_from_args(args))
     return RunConfig.from_yaml(args.config, overrides)

@@ -537,32 +537,20 @@ def load_base_checkpoint(net, path, auto_trans_ckpt=False, rank_id=0):
 # the whole job
 # ------------------------------------------------------------------------------------------------
 def _set_context(cfg):
+    """Execution mode and device options (the device itself is set by parallel.init_parallel)."""
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
-    try:
-        ms.set_device(cfg.device_target, cfg.device_id)
-    except (RuntimeError, ValueError) as err:  # already set in this process (e.g. by a test)
-        logger.debug("set_device: %s", err)
     if cfg.max_call_depth:
-        ms.set_recursion_limit(cfg.max_call_depth) if hasattr(ms, "set_recursion_limit") else \
-            ms.set_context(max_call_depth=cfg.max_call_depth)
+        ms.set_recursion_limit(cfg.max_call_depth)
     if cfg.max_device_memory and cfg.device_target != "CPU":
-        ms.set_context(max_device_memory=cfg.max_device_memory)
+        ms.runtime.set_memory(max_size=cfg.max_device_memory)
 
 
 def _setup_parallel(cfg):
-    """(rank_id, rank_size): (0, 1) alone; under msrun with use_parallel, init() + DATA_PARALLEL."""
-    workers = os.environ.get("MS_WORKER_NUM")
-    if not cfg.use_parallel:
-        if workers and workers.isdigit() and int(workers) > 1:
-            raise ValueError(f"launched by msrun with MS_WORKER_NUM={workers} but use_parallel is False: "
-                             "pass --use_parallel True (each worker would otherwise train alone)")
-        return 0, 1
-    from mindpet_lite.train import parallel  # pylint: disable=import-outside-toplevel
-    rank_id, rank_size = parallel.init_data_parallel()
-    if rank_size != cfg.data_parallel and cfg.data_parallel != 1:
-        raise ValueError(f"parallel_config.data_parallel={cfg.data_parallel} but {rank_size} workers were "
-                         "started: they must be equal (model_parallel and pipeline_stage are 1 here)")
-    return rank_id, rank_size
+    """(rank_id, rank_size): (0, 1) alone; under msrun with use_parallel, init() + DATA_PARALLEL
+    (gradients_mean) via mindpet_lite.train.parallel. Runs before any data is read: in msrun's
+    scheduler process init() never returns."""
+    from mindpet_lite.train.parallel import init_parallel  # pylint: disable=import-outside-toplevel
+    return init_parallel(cfg.device_target, cfg.use_parallel, cfg.data_parallel if cfg.use_parallel else None)
 
 
 def _open_data(cfg, dc, batch_size, rank_id, rank_size, repeat, train):

@@ -195,7 +195,13 @@ def test_resume_without_checkpoint_and_msrun_without_use_parallel(tiny_assets, t
     out = str(tmp_path / "o")
     _fails(tiny.flags(base, train, out, "--resume"), capsys, "no checkpoint", out)
     monkeypatch.setenv("MS_WORKER_NUM", "2")
-    _fails(tiny.flags(base, train, out), capsys, "--use_parallel True", out)
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    monkeypatch.setenv("RANK_ID", "0")
+    _fails(tiny.flags(base, train, out), capsys, "use_parallel is False", out)
+    monkeypatch.delenv("MS_WORKER_NUM")
+    monkeypatch.delenv("MS_ROLE")
+    _fails(tiny.flags(base, train, out, "--use_parallel", "True", "--parallel_config.data_parallel", "2"),
+           capsys, "data_parallel must equal the number of workers", out)
 
 
 def test_load_base_checkpoint_from_rank_dirs(tiny_assets, tmp_path):

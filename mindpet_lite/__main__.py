@@ -1,0 +1,6 @@
+"""`python -m mindpet_lite ...`: the `mindpet-lite` command line."""
+import sys
+
+from mindpet_lite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""`python -m mindpet_lite.run`, `mindpet-lite finetune` and `mindpet-lite data` (the run entry points)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from mindpet_lite.cli import main as cli_main
+from mindpet_lite.run import main as run_main
+from tests.conftest import REPO
+from tests.train import tiny
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_data_subcommand(tmp_path, capsys):
+    src = tmp_path / "a.jsonl"
+    src.write_text("\n".join(json.dumps({"instruction": "say", "input": w, "output": w.upper()})
+                             for w in ("hi", "yo", "ok")) + "\n")
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps(tiny.TEMPLATE))
+    dst = str(tmp_path / "a.mindrecord")
+    argv = ["data", "--src", str(src), "--dst", dst, "--tokenizer", "byte", "--seq_length", "15",
+            "--template", str(template)]
+    assert cli_main(argv) == 0
+    assert "wrote" in capsys.readouterr().out and os.path.isfile(dst + ".db")
+    from mindpet_lite.data import create_dataset
+    ids, labels = next(create_dataset(dst, 3, seq_length=15, shuffle=False).create_tuple_iterator(output_numpy=True))
+    assert ids.shape == (3, 16) and (labels == -100).any() and (labels != -100).any()
+    assert cli_main(argv) == 1  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(argv + ["--overwrite"]) == 0
+    assert cli_main(["data", "--src", str(tmp_path / "none.json"), "--dst", dst, "--seq_length", "15"]) == 1
+
+
+def test_finetune_subcommand_and_run_module_agree(tmp_path, capsys):
+    base = tiny.make_base(str(tmp_path / "base.ckpt"))
+    data = tiny.make_data(str(tmp_path), rows=16)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli_main(["finetune", *tiny.flags(base, data, a, "--max_steps", "2",
+                                             "--options", "lr_schedule.learning_rate=5e-3")]) == 0
+    assert run_main(tiny.flags(base, data, b, "--max_steps", "2", "--lr_schedule.learning_rate", "5e-3")) == 0
+    assert "step 2/8" in capsys.readouterr().out
+    from mindpet_lite.adapters.io import read_checkpoint
+    x, y = (read_checkpoint(os.path.join(d, "adapter.ckpt"))[0] for d in (a, b))
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+    with open(os.path.join(a, "summary.json"), encoding="utf-8") as f:
+        assert json.load(f)["config"]["learning_rate"] == 5e-3
+    assert cli_main(["finetune", "--config", tiny.TINY_YAML, "--options", "optimizer.weight_decy=1"]) == 2
+    assert "did you mean 'weight_decay'" in capsys.readouterr().err
+
+
+def test_run_module_exit_status_and_help(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mindpet_lite.run", "--config", tiny.TINY_YAML,
+                           "--optimizer.betas1", "0.8"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'betas1'; did you mean 'betas'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "mindpet_lite.run", "--help"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--config", "--run_mode", "--load_checkpoint", "--train_dataset_dir", "--use_parallel",
+                 "--output_dir", "--device_target", "--auto_trans_ckpt", "--max_steps", "--resume", "--seed"):
+        assert flag in proc.stdout
+    assert not os.listdir(tmp_path) or set(os.listdir(tmp_path)) <= {"output", "kernel_meta"}
