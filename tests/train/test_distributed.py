@@ -1,0 +1,109 @@
+"""The runner under msrun (scripts/msrun_launcher.sh, 2 CPU workers, MindSpore's own collectives).
+
+* data parallel: both ranks end with identical adapters, equal (<= 1e-5) to one process over the
+  same global batch (2 workers x batch 2 vs 1 process x batch 4; every row of the tiny data has the
+  same number of label tokens, so the mean of the per-rank mean losses is the global mean);
+* a worker that raises during training: the job exits non-zero within 60 s and names its log.
+
+Everything runs from tmp_path (never with cwd in the repository).
+"""
+import json
+import os
+import shlex
+import socket
+import subprocess
+import time
+
+import numpy as np
+
+from tests.conftest import REPO
+from tests.train import tiny
+
+LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID", "MSRUN_LAUNCHER_DRY_RUN")}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _launch(cmd, workers, logs, cwd, timeout=150):
+    args = ["bash", LAUNCHER, cmd, str(workers)]
+    if workers > 1:
+        args += [str(_free_port()), str(logs), "True", "120"]
+    start = time.monotonic()
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - start
+
+
+def _run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
+    argv = tiny.flags(base, data, out, "--max_steps", "3", *extra)
+    return f"python {script} " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _adapter(path):
+    from mindpet_lite.adapters.io import read_checkpoint
+    return read_checkpoint(path)[0]
+
+
+def test_two_workers_equal_one_process(tiny_assets, tmp_path):
+    base, train, _ = tiny_assets
+    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
+    proc, t1 = _launch(_run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc, t2 = _launch(_run_cmd(base, train, dist, "--batch_size", "2", "--use_parallel", "True",
+                                "--parallel_config.data_parallel", "2"), 2, tmp_path / "logs", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"1 process: {t1:.1f} s, 2 workers: {t2:.1f} s")
+
+    ranks = []
+    for r in (0, 1):
+        with open(os.path.join(dist, "ranks", f"rank_{r}.json"), encoding="utf-8") as f:
+            ranks.append(json.load(f))
+    assert [x["rank_size"] for x in ranks] == [2, 2] and [x["steps"] for x in ranks] == [3, 3]
+    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]  # identical adapters on both ranks
+    one, two = _adapter(os.path.join(single, "adapter.ckpt")), _adapter(os.path.join(dist, "adapter.ckpt"))
+    assert sorted(one) == sorted(two)
+    assert max(float(np.abs(one[k] - two[k]).max()) for k in one) <= 1e-5
+    with open(os.path.join(dist, "summary.json"), encoding="utf-8") as f:
+        assert json.load(f)["rank_size"] == 2
+    worker1 = (tmp_path / "logs" / "worker_1.log").read_text()
+    assert "step 3/8" not in worker1  # only rank 0 prints progress
+    assert not os.path.exists(os.path.join(dist, "checkpoint", "rank_1"))
+
+
+FAILING = '''
+import sys
+from mindpet_lite.train import trainer
+_fit = trainer.Trainer.fit
+def fit(self, *args, **kwargs):
+    from mindspore.communication import get_rank
+    if get_rank() == 1:
+        raise RuntimeError("worker 1 fails during training on purpose")
+    return _fit(self, *args, **kwargs)
+trainer.Trainer.fit = fit
+from mindpet_lite.run import main
+sys.exit(main())
+'''
+
+
+def test_a_failing_worker_fails_the_job(tiny_assets, tmp_path):
+    base, train, _ = tiny_assets
+    script = tmp_path / "failing_run.py"
+    script.write_text(FAILING)
+    logs = tmp_path / "logs"
+    cmd = _run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
+                   "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
+    proc, took = _launch(cmd, 2, logs, tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert took < 60, took
+    assert f"{logs}/worker_1.log" in proc.stderr
+    assert "on purpose" in (logs / "worker_1.log").read_text()
