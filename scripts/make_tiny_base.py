@@ -1,26 +1,31 @@
 """Build the CPU demo: a synthetic corpus, a small pre-trained base Llama, and a task it has not seen.
 
-    python scripts/make_tiny_base.py [--config configs/tiny_llama/lora_cpu.yaml] [--out output/tiny_llama]
+    python scripts/make_tiny_base.py --data_only          # the demo data only (seconds)
+    python scripts/make_tiny_base.py --export configs/tiny_llama/tiny_llama_base.ckpt   # + the base
 
-Everything is generated here, deterministically (seed 0), with the built-in byte tokenizer:
+Everything is generated here, deterministically (seed 0), for the built-in byte tokenizer:
 
-* pre-training corpus: string tasks on random lowercase "words" (3 to 8 letters) in a short prompt
-  format, ``"<task> <word> =<answer>"``: ``copy`` (the word), ``upper`` (in capitals), ``double``
-  (twice) and ``first`` / ``last`` (one letter). The base learns the format, to read the word and to
-  copy from it.
-* the LoRA task, never seen in pre-training: ``reverse`` (the word backwards), 4,000 training and 256
-  held-out examples (disjoint words).
+* pre-training corpus (12,000 rows, plain text, every token trained on): short two-clause reviews,
+  ``"the soup was tasty, but the staff was rude."``, from 20 nouns, 14 positive and 14 negative
+  adjectives and 5 sentence patterns, sometimes with a neutral filler sentence. The words, their
+  spelling and the grammar are learnt here; nothing says which adjectives are good or bad.
+* the LoRA task, never seen in pre-training: label a review, ``"sentiment: <review> =positive"``
+  (both adjectives positive), ``negative`` (both negative) or ``mixed``. 3,000 training and 240
+  held-out reviews (distinct texts). The labels, the ``sentiment:`` prompt and the answer words do
+  not occur in the pre-training corpus, so the base scores the held-out answers badly (loss ~8.6),
+  and LoRA has to learn the polarity of each adjective and the answer format.
 
 The base model's shape is read from the run YAML (``model.model_config``), so the checkpoint always fits
 the config that fine-tunes it. Pre-training is full-parameter (``nn.TrainOneStepCell``, AdamWeightDecay,
-cosine lr), a few hundred steps on 2 CPU cores. Outputs (``--out``)::
+warmup + cosine lr). Outputs (``--out``, default ``output/tiny_llama``)::
 
-    data/{pretrain,reverse_train,reverse_eval}.json + .mindrecord   (Alpaca-style JSON and MindRecord)
-    base/base.ckpt                                                  (the pre-trained base, float32)
-    base/base.json                                                  (how it was made, its final loss)
+    data/{pretrain,task_train,task_eval}.json + .mindrecord   (Alpaca-style JSON and MindRecord)
+    base/base.ckpt, base/base.json                            (the base, float32; how it was made)
 
-Existing outputs made with the same settings are reused (``--force`` rebuilds). The JSON files go
-through the same converter as ``mindpet-lite data --template configs/tiny_llama/template.json``.
+``--export PATH`` also writes the base with float16 values (half the size; loading casts back): that
+is how the committed ``configs/tiny_llama/tiny_llama_base.ckpt`` was made. Outputs made with the same
+settings are reused (``--force`` rebuilds). The JSON files go through the same converter as
+``mindpet-lite data --template configs/tiny_llama/template.json --tokenizer byte --seq_length 80``.
 """
 import argparse
 import json
@@ -111,21 +116,23 @@ def _read_yaml(path):
         return yaml.safe_load(f)
 
 
-def build_data(out_dir, seq_length, force=False):
-    """Write the three JSON files and their MindRecord files; returns {name: mindrecord path}."""
+def build_data(out_dir, seq_length, force=False, names=("pretrain", "task_train", "task_eval")):
+    """Write the JSON files and MindRecord files of `names`; returns {name: mindrecord path}."""
     from mindpet_lite.data import convert_alpaca  # pylint: disable=import-outside-toplevel
 
     data_dir = os.path.join(out_dir, "data")
     os.makedirs(data_dir, exist_ok=True)
     stamp_path = os.path.join(data_dir, "stamp.json")
     stamp = {"version": VERSION, "seq_length": seq_length, "template": TEMPLATE}
-    paths = {n: os.path.join(data_dir, f"{n}.mindrecord") for n in ("pretrain", "task_train", "task_eval")}
+    paths = {n: os.path.join(data_dir, f"{n}.mindrecord") for n in names}
     if not force and os.path.isfile(stamp_path) and all(os.path.isfile(p) for p in paths.values()):
         with open(stamp_path, encoding="utf-8") as f:
             if json.load(f) == stamp:
                 logger.info("data: reusing %s", data_dir)
                 return paths
     for name, records in zip(("pretrain", "task_train", "task_eval"), make_records()):
+        if name not in names:
+            continue
         src = os.path.join(data_dir, f"{name}.json")
         with open(src, "w", encoding="utf-8") as f:
             json.dump(records, f, indent=0)
@@ -169,6 +176,7 @@ def pretrain(model_config, data_path, out_path, steps, batch_size, lr, seed=0):
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     tmp = out_path + ".tmp.ckpt"
     ms.save_checkpoint(net, tmp)
+    os.chmod(tmp, 0o644)  # mindspore leaves checkpoints read-only
     os.replace(tmp, out_path)
     return {"steps": steps, "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - start, 1)}
 
@@ -178,9 +186,9 @@ def main(argv=None):
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny_llama", "lora_cpu.yaml"),
                         help="run YAML whose model.model_config gives the base model's shape")
     parser.add_argument("--out", default=os.path.join("output", "tiny_llama"), help="output folder")
-    parser.add_argument("--steps", type=int, default=600, help="pre-training steps")
+    parser.add_argument("--steps", type=int, default=2000, help="pre-training steps")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached outputs exist")
     parser.add_argument("--data_only", action="store_true", help="build the data, not the base model")
     parser.add_argument("--export", default=None, help="also write the base as a float16 checkpoint here "
@@ -189,7 +197,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     model_config = {k: v for k, v in _read_yaml(args.config)["model"]["model_config"].items() if k != "pet_config"}
-    paths = build_data(args.out, model_config["seq_length"], args.force)
+    names = ("task_train", "task_eval") if args.data_only else ("pretrain", "task_train", "task_eval")
+    paths = build_data(args.out, model_config["seq_length"], args.force, names)
     if args.data_only:
         print(f"data: {os.path.join(args.out, 'data')}", flush=True)
         return 0

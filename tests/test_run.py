@@ -68,3 +68,35 @@ def test_run_module_exit_status_and_help(tmp_path):
                  "--output_dir", "--device_target", "--auto_trans_ckpt", "--max_steps", "--resume", "--seed"):
         assert flag in proc.stdout
     assert not os.listdir(tmp_path) or set(os.listdir(tmp_path)) <= {"output", "kernel_meta"}
+
+
+def test_run_finetune_script(tmp_path):
+    script = os.path.join(REPO, "scripts", "run_finetune.sh")
+    base = tiny.make_base(str(tmp_path / "base.ckpt"))
+    data = tiny.make_data(str(tmp_path), rows=8)
+    out = str(tmp_path / "out")
+    proc = subprocess.run(["bash", script, tiny.TINY_YAML, "1", "--load_checkpoint", base,
+                           "--train_dataset_dir", data, "--output_dir", out, "--max_steps", "1"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert os.path.isfile(os.path.join(out, "adapter.ckpt"))
+    proc = subprocess.run(["bash", script, str(tmp_path / "missing.yaml")], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "config not found" in proc.stderr
+
+
+def test_demo_base_checkpoint_fits_the_demo_config():
+    """configs/tiny_llama/tiny_llama_base.ckpt (committed, made by scripts/make_tiny_base.py) loads
+    into the model configs/tiny_llama/lora_cpu.yaml describes, and LoRA trains < 2% of it."""
+    from mindpet_lite.models.llama import LlamaForCausalLM
+    from mindpet_lite.pet import get_pet_model
+    from mindpet_lite.train.run_config import RunConfig
+    from mindpet_lite.train.trainer import load_base_checkpoint
+    cfg = RunConfig.from_yaml(os.path.join(REPO, "configs", "tiny_llama", "lora_cpu.yaml"))
+    ckpt = os.path.join(REPO, "configs", "tiny_llama", "tiny_llama_base.ckpt")
+    assert os.path.getsize(ckpt) < 4 * 2 ** 20
+    net = LlamaForCausalLM(cfg.llama_config)
+    info = load_base_checkpoint(net, ckpt)
+    assert info["loaded"] == len(list(net.get_parameters())) and not info["unexpected"]
+    get_pet_model(net, cfg.pet_config)
+    assert 0 < net.pet_summary["percent"] < 2.0

@@ -156,7 +156,10 @@ def plot_loss(path, history, evals=None):
     ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=1.2, label="train loss")
     points = [(e["step"], e["loss"]) for e in (evals or []) if e.get("loss") is not None]
     if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o--", color="tab:red", label="held-out loss")
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="tab:red", label="held-out loss")
+    values = [r["loss"] for r in history] + [p[1] for p in points]
+    if min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -196,7 +199,8 @@ class AdapterCheckpoint:
         self.last_saved = state.step
         if state.rank_id != 0:
             return None
-        from mindpet_lite.adapters.io import save_adapter, write_checkpoint, write_json  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.adapters import save_adapter  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.adapters.io import write_checkpoint, write_json  # pylint: disable=import-outside-toplevel
 
         os.makedirs(self.directory, exist_ok=True)
         stem = os.path.join(self.directory, f"{self.prefix}_step{state.step:06d}")

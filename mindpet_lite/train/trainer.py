@@ -589,7 +589,8 @@ def finetune(run_config):
     ``loss.csv``, ``loss.png``, ``summary.json`` (rank 0) and ``ranks/rank_<r>.json`` (every rank).
     """
     from mindpet_lite.pet import get_pet_model  # pylint: disable=import-outside-toplevel
-    from mindpet_lite.adapters.io import load_adapter, read_checkpoint, save_adapter  # pylint: disable=import-outside-toplevel
+    from mindpet_lite.adapters import load_adapter, save_adapter  # pylint: disable=import-outside-toplevel
+    from mindpet_lite.adapters.io import read_checkpoint  # pylint: disable=import-outside-toplevel
 
     cfg = run_config
     wall_start = time.perf_counter()
@@ -657,7 +658,8 @@ def finetune(run_config):
                        global_batch=cfg.batch_size * rank_size, seq_length=cfg.seq_length,
                        tokens_per_step=cfg.batch_size * rank_size * cfg.seq_length * cfg.gradient_accumulation_steps)
     ckpt_dir = cfg.checkpoint_dir or os.path.join(cfg.output_dir, "checkpoint")
-    callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir),
+    # with held-out data the PNG is drawn after the final score, with it (below)
+    callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir, plot=eval_data is None),
                  cb.AdapterCheckpoint(ckpt_dir, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
                                       cfg.checkpoint_prefix, cfg.checkpoint_format)]
 
@@ -676,7 +678,7 @@ def finetune(run_config):
         after["step"] = trainer.step
         state.evals.append(after)
         cb.say(cb.eval_line("held-out after ", after))
-        if callbacks[1].plot:
+        if rank_id == 0:
             cb.plot_loss(callbacks[1].png_path, state.history, state.evals)
 
     # 5. final adapter and summaries

@@ -1,0 +1,50 @@
+#!/bin/bash
+# LoRA fine-tuning, the common case.
+#
+#   bash scripts/run_finetune.sh                                   # the CPU demo (configs/tiny_llama/lora_cpu.yaml)
+#   bash scripts/run_finetune.sh CONFIG [WORKER_NUM] [FLAGS...]    # any run YAML; WORKER_NUM > 1 uses msrun
+#
+# e.g.  bash scripts/run_finetune.sh configs/llama2/lora_llama2_7b.yaml 8 \
+#         --train_dataset_dir /data/alpaca4096.mindrecord --load_checkpoint /ckpt/llama2_7b.ckpt
+#
+# Runs from the repository root (the demo config's paths are relative to it; outputs go to ./output).
+# For the demo config it first builds the demo data (seconds) with scripts/make_tiny_base.py, and the
+# small base model too if configs/tiny_llama/tiny_llama_base.ckpt is missing. WORKER_NUM > 1 launches
+# `python -m mindpet_lite.run ... --use_parallel True --parallel_config.data_parallel WORKER_NUM` with
+# scripts/msrun_launcher.sh (logs in output/msrun_log); FLAGS are passed to the runner.
+set -e
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEMO="configs/tiny_llama/lora_cpu.yaml"
+
+CONFIG="${1:-$DEMO}"
+[ $# -gt 0 ] && shift
+WORKERS=1
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKERS="$1"; shift; fi
+if [ "$WORKERS" -lt 1 ]; then echo "run_finetune.sh: WORKER_NUM must be >= 1, got $WORKERS" >&2; exit 2; fi
+
+case "$CONFIG" in /*) ;; *) [ -f "$CONFIG" ] && CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")" ;; esac
+if [ ! -f "$CONFIG" ] && [ -f "$ROOT/$CONFIG" ]; then CONFIG="$ROOT/$CONFIG"; fi
+if [ ! -f "$CONFIG" ]; then echo "run_finetune.sh: config not found: $CONFIG" >&2; exit 2; fi
+cd "$ROOT"
+PY="${PYTHON:-python}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ "$CONFIG" = "$ROOT/$DEMO" ]; then
+  START=$(date +%s)
+  if [ -f configs/tiny_llama/tiny_llama_base.ckpt ]; then
+    "$PY" scripts/make_tiny_base.py --config "$CONFIG" --data_only
+  else
+    "$PY" scripts/make_tiny_base.py --config "$CONFIG" --export configs/tiny_llama/tiny_llama_base.ckpt
+  fi
+  echo "demo data ready in $(( $(date +%s) - START )) s"
+fi
+
+if [ "$WORKERS" -eq 1 ]; then
+  exec "$PY" -m mindpet_lite.run --config "$CONFIG" "$@"
+fi
+FLAGS=""
+[ $# -gt 0 ] && printf -v FLAGS ' %q' "$@"
+exec bash "$ROOT/scripts/msrun_launcher.sh" \
+  "python -m mindpet_lite.run --config $(printf %q "$CONFIG") --use_parallel True --parallel_config.data_parallel $WORKERS$FLAGS" \
+  "$WORKERS"
