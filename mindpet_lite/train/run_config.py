@@ -12,6 +12,16 @@ Command-line flags (run_mindformer.py's names, see :func:`add_run_arguments`) ov
 ``RunConfig.from_yaml(path, overrides)`` applies them to the raw mapping before anything is checked,
 so a flag is validated exactly like the YAML key it replaces.
 
+What the parallel keys mean on this backend: training is always data parallel (DATA_PARALLEL with
+``gradients_mean=True``: each worker's loss is the mean over its own batch). ``parallel.parallel_mode``
+0 or 1 is accepted (semi-auto with ``model_parallel = pipeline_stage = 1`` is data parallel);
+``model_parallel`` / ``pipeline_stage`` / ``context_parallel`` / ``expert_parallel`` other than 1 are
+errors under ``use_parallel``; ``parallel_config.data_parallel`` must equal the number of msrun workers.
+``auto_trans_ckpt`` is accepted: a data-parallel checkpoint needs no resharding, and a directory of
+``rank_*`` checkpoints loads only when rank_0's file holds the whole model (otherwise a clear error).
+``runner_config.batch_size`` is per worker and wins over ``train_dataset.batch_size`` (as in MindFormers);
+``sink_mode`` / ``sink_size`` are accepted (steps are fed from Python).
+
 Extensions over MindFormers' keys (all optional): ``runner_config.max_steps`` (stop after this many
 optimizer steps; the lr schedule keeps its full length, so an interrupted run and a resumed one follow
 the same curve), ``runner_wrapper.max_grad_norm`` (MindFormers' MFTrainOneStepCell default 1.0),
