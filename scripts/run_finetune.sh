@@ -7,8 +7,9 @@
 # e.g.  bash scripts/run_finetune.sh configs/llama2/lora_llama2_7b.yaml 8 \
 #         --train_dataset_dir /data/alpaca4096.mindrecord --load_checkpoint /ckpt/llama2_7b.ckpt
 #
-# Runs from the repository root (the demo config's paths are relative to it; outputs go to ./output).
-# For the demo config it first builds the demo data (seconds) with scripts/make_tiny_base.py, and the
+# Other configs run in the current directory (their relative paths are relative to it, as with
+# run_mindformer.py). The demo config runs from the repository root (its paths are relative to it;
+# outputs go to ./output/tiny_llama), and first builds the demo data (seconds) with scripts/make_tiny_base.py, and the
 # small base model too if configs/tiny_llama/tiny_llama_base.ckpt is missing. WORKER_NUM > 1 launches
 # `python -m mindpet_lite.run ... --use_parallel True --parallel_config.data_parallel WORKER_NUM` with
 # scripts/msrun_launcher.sh (logs in output/msrun_log); FLAGS are passed to the runner.
@@ -25,12 +26,12 @@ if [ "$WORKERS" -lt 1 ]; then echo "run_finetune.sh: WORKER_NUM must be >= 1, go
 case "$CONFIG" in /*) ;; *) [ -f "$CONFIG" ] && CONFIG="$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")" ;; esac
 if [ ! -f "$CONFIG" ] && [ -f "$ROOT/$CONFIG" ]; then CONFIG="$ROOT/$CONFIG"; fi
 if [ ! -f "$CONFIG" ]; then echo "run_finetune.sh: config not found: $CONFIG" >&2; exit 2; fi
-cd "$ROOT"
 PY="${PYTHON:-python}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$CONFIG" = "$ROOT/$DEMO" ]; then
+  cd "$ROOT"   # the demo config's paths are relative to the repository root
   START=$(date +%s)
   if [ -f configs/tiny_llama/tiny_llama_base.ckpt ]; then
     "$PY" scripts/make_tiny_base.py --config "$CONFIG" --data_only
