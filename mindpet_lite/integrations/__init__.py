@@ -11,6 +11,7 @@ _EXPORTS = {
     "is_linear": "mindformers",
     "LoRALinear": "mindformers",
     "use_mindpet_lite": "mindformers",
+    "build_model": "mindformers",
 }
 
 __all__ = sorted(_EXPORTS)

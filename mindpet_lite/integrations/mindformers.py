@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 _LINEAR_MODULE = "mindformers.modules.layers"
 _ADAPTER_MODULE = "mindformers.pet.tuners.lora_adapter"
 
-__all__ = ["is_available", "is_loaded", "is_linear", "LoRALinear", "use_mindpet_lite"]
+__all__ = ["is_available", "is_loaded", "is_linear", "LoRALinear", "use_mindpet_lite", "build_model"]
 
 
 def is_available():
@@ -190,3 +190,30 @@ def use_mindpet_lite():
                 previous.__module__, previous.__name__)
     return _Patch(module, previous)
 
+
+
+# ---- building a MindFormers model (the runner's Ascend path) --------------------------------------
+def build_model(model_config, arch_type):
+    """A MindFormers model from a run YAML's `model.model_config` (without pet_config) and
+    `model.arch.type`, through MindFormers' own class registry.
+
+    The config class is `model_config['type']` (e.g. LlamaConfig); the model class is `arch_type`
+    (e.g. LlamaForCausalLM). Construction works on CPU; the forward of MindFormers' Llama needs
+    Ascend kernels, which is why the runner only takes this path with device_target Ascend.
+    """
+    if not isinstance(model_config, dict):
+        raise TypeError(f"model_config must be a mapping, got {_checks.describe(model_config)}")
+    if not isinstance(arch_type, str) or not arch_type:
+        raise TypeError(f"model.arch.type must name a MindFormers model class, got {_checks.describe(arch_type)}")
+    # pylint: disable=import-outside-toplevel
+    from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
+    keys = {k: v for k, v in model_config.items() if k not in ("type", "pet_config")}
+    config_type = model_config.get("type") or arch_type.replace("ForCausalLM", "Config")
+    for kind, name, key in ((MindFormerModuleType.CONFIG, config_type, "model.model_config.type"),
+                            (MindFormerModuleType.MODELS, arch_type, "model.arch.type")):
+        if not MindFormerRegister.is_exist(kind, name):
+            raise ValueError(f"{key} must name a class registered in MindFormers, got {name!r}")
+    config_cls = MindFormerRegister.get_cls(MindFormerModuleType.CONFIG, config_type)
+    model_cls = MindFormerRegister.get_cls(MindFormerModuleType.MODELS, arch_type)
+    logger.info("building mindformers %s from %s", arch_type, config_type)
+    return model_cls(config_cls(**keys))

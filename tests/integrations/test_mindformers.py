@@ -209,3 +209,19 @@ def test_core_never_imports_mindformers(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_build_model_from_a_run_yaml_block(mf):
+    """The runner's Ascend path builds MindFormers' own model by registry name (construction only)."""
+    block = {"type": "LlamaConfig", "num_layers": NUM_LAYERS, "hidden_size": 32, "num_heads": 4,
+             "n_kv_heads": 2, "vocab_size": 64, "seq_length": 16, "intermediate_size": 48,
+             "compute_dtype": "float32", "param_init_type": "float32", "use_flash_attention": False,
+             "pet_config": PET}
+    net = mf_integration.build_model(block, "LlamaForCausalLM")
+    assert isinstance(net, mf.LlamaForCausalLM)
+    net = get_pet_model(net, PET)
+    assert net.pet_summary["num_replaced"] == 4 * NUM_LAYERS
+    with pytest.raises(ValueError, match="model.arch.type"):
+        mf_integration.build_model(block, "NoSuchForCausalLM")
+    with pytest.raises(ValueError, match="model.model_config.type"):
+        mf_integration.build_model({**block, "type": "NoSuchConfig"}, "LlamaForCausalLM")
