@@ -339,11 +339,39 @@ class LlamaRMSNorm(nn.Cell):
         self.out_type = out_type
 
     def construct(self, x):
-        x = ops.cast(x, self.compute_type)
-        variance = ops.mean(ops.square(x), -1, keep_dims=True)
-        x = x * ops.rsqrt(variance + self.eps)
-        x = x * ops.cast(self.weight, self.compute_type)
-        return ops.cast(x, self.out_type)
+        shape = x.shape
+        # on rows of a 2-D view: CPU reductions over the last axis of an N-D tensor (and the
+        # gradients of the broadcasts below, which are such reductions) run ~8x slower than on 2-D
+        x = ops.reshape(ops.cast(x, self.compute_type), (-1, shape[-1]))
+        variance = _mean_rows(ops.square(x))
+        # same-shape products (see _same_shape)
+        x = x * _same_shape(ops.rsqrt(variance + self.eps), x)
+        x = x * _same_shape(ops.cast(self.weight, self.compute_type), x)
+        return ops.reshape(ops.cast(x, self.out_type), shape)
+
+
+def _same_shape(t, like):
+    """``t`` broadcast to ``like``'s shape, explicitly.
+
+    MindSpore's CPU kernels for a broadcasting Mul / Add / Sub / RealDiv keep, for the life of the
+    compiled graph, two int64 index arrays of the output's size (4x a float32 output) per kernel,
+    forward and backward: ~0.8 GB of resident memory for the tiny benchmark Llama (benchmarks/README.md).
+    A BroadcastTo followed by a same-shape product keeps none; its output is ordinary pooled memory."""
+    return ops.broadcast_to(t, like.shape)
+
+
+_ROW_SUM = ops.ReduceSum(keep_dims=True)
+_ROW_MEAN = ops.ReduceMean(keep_dims=True)
+
+
+def _sum_rows(x):
+    """Sum over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
+    return _ROW_SUM(x, 1)
+
+
+def _mean_rows(x):
+    """Mean over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
+    return _ROW_MEAN(x, 1)
 
 
 def _apply_rotary(x, cos, sin, rotary_type, out_type):
@@ -351,7 +379,20 @@ def _apply_rotary(x, cos, sin, rotary_type, out_type):
     x = ops.cast(x, rotary_type)
     half = x.shape[-1] // 2
     rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
-    return ops.cast(x * cos + rotated * sin, out_type)
+    return ops.cast(x * _same_shape(cos, x) + rotated * _same_shape(sin, x), out_type)
+
+
+class _Softmax(nn.Cell):
+    """Softmax over the last axis; its backward ``y * (dy - sum(dy * y))`` with the sum broadcast
+    explicitly (MindSpore's own expansion subtracts with a broadcasting Sub, see _same_shape)."""
+
+    def construct(self, x):
+        return ops.softmax(x, -1)
+
+    def bprop(self, x, out, dout):  # pylint: disable=unused-argument
+        shape = dout.shape
+        inner = _sum_rows(ops.reshape(dout * out, (-1, shape[-1])))  # 2-D: see LlamaRMSNorm
+        return (out * (dout - ops.reshape(_same_shape(inner, ops.reshape(dout, (-1, shape[-1]))), shape)),)
 
 
 class LlamaAttention(nn.Cell):
@@ -380,6 +421,7 @@ class LlamaAttention(nn.Cell):
         self.wo = _dense(cfg.num_heads * cfg.head_dim, h, cfg)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_pv = ops.BatchMatMul()
+        self.softmax = _Softmax()
 
     def construct(self, x, cos, sin, mask):
         """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive."""
@@ -393,8 +435,9 @@ class LlamaAttention(nn.Cell):
         # [B, nkv, rep*S, D] x [B, nkv, S, D]^T -> [B, nkv, rep*S, S]
         q = ops.reshape(q, (b, nkv, rep * s, d))
         scores = ops.reshape(self.matmul_qk(q, k), (b, nkv, rep, s, s))
-        scores = ops.cast(scores, self.softmax_dtype) + mask
-        probs = ops.cast(ops.softmax(scores, -1), self.compute_dtype)
+        scores = ops.cast(scores, self.softmax_dtype)
+        scores = scores + _same_shape(mask, scores)
+        probs = ops.cast(self.softmax(scores), self.compute_dtype)
         out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, s)), v)
         out = ops.transpose(ops.reshape(out, (b, nh, s, d)), (0, 2, 1, 3))
         return self.wo(ops.reshape(out, (b, s, nh * d)))
@@ -491,10 +534,13 @@ def causal_lm_loss(logits, labels, ignore_index=-100):
     labels = ops.cast(labels, mstype.int32)
     keep = ops.not_equal(labels, ignore_index)
     safe = ops.select(keep, labels, ops.zeros_like(labels))
-    picked = ops.squeeze(ops.gather_elements(logits, -1, ops.expand_dims(safe, -1)), -1)
-    nll = ops.logsumexp(logits, -1) - picked
+    # one fused LogSoftmax kernel (and LogSoftmaxGrad): ops.logsumexp expands into ReduceMax, Sub,
+    # Exp, ReduceSum, Log and differentiates through the max; on CPU that costs ~9x as much
+    # (value and gradient at [4, 256, 4096]: 72 ms against 8 ms, benchmarks/README.md)
+    log_probs = ops.log_softmax(logits, -1)
+    picked = ops.squeeze(ops.gather_elements(log_probs, -1, ops.expand_dims(safe, -1)), -1)
     weight = ops.cast(keep, mstype.float32)
-    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1.0)
+    return -ops.sum(picked * weight) / ops.maximum(ops.sum(weight), 1.0)
 
 
 class LlamaForCausalLM(nn.Cell):
