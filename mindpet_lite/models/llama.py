@@ -382,6 +382,20 @@ def _apply_rotary(x, cos, sin, rotary_type, out_type):
     return ops.cast(x * _same_shape(cos, x) + rotated * _same_shape(sin, x), out_type)
 
 
+def _heads_first(x, head_dim):
+    """``[B, S, N*D] -> [B, N, S, D]``, by Split + Stack.
+
+    Same as reshape + transpose(0, 2, 1, 3), but MindSpore's CPU Transpose kernel keeps an int64
+    position array of the tensor's size per kernel (8 MB per transpose of the benchmark's larger
+    Llama, 8 of them a layer with the backward); Split, Stack, Unstack and Concat keep none."""
+    return ops.stack(ops.split(x, head_dim, axis=-1), 1)
+
+
+def _heads_last(x):
+    """``[B, N, S, D] -> [B, S, N*D]``, by Unstack + Concat (see _heads_first)."""
+    return ops.concat(ops.unstack(x, 1), -1)
+
+
 class _Softmax(nn.Cell):
     """Softmax over the last axis; its backward ``y * (dy - sum(dy * y))`` with the sum broadcast
     explicitly (MindSpore's own expansion subtracts with a broadcasting Sub, see _same_shape)."""
@@ -427,9 +441,9 @@ class LlamaAttention(nn.Cell):
         """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive."""
         b, s, _ = x.shape
         nh, nkv, rep, d = self.num_heads, self.num_kv_heads, self.n_rep, self.head_dim
-        q = ops.transpose(ops.reshape(self.wq(x), (b, s, nh, d)), (0, 2, 1, 3))
-        k = ops.transpose(ops.reshape(self.wk(x), (b, s, nkv, d)), (0, 2, 1, 3))
-        v = ops.transpose(ops.reshape(self.wv(x), (b, s, nkv, d)), (0, 2, 1, 3))
+        q = _heads_first(self.wq(x), d)
+        k = _heads_first(self.wk(x), d)
+        v = _heads_first(self.wv(x), d)
         q = _apply_rotary(q, cos, sin, self.rotary_dtype, self.compute_dtype) * self.scale
         k = _apply_rotary(k, cos, sin, self.rotary_dtype, self.compute_dtype)
         # [B, nkv, rep*S, D] x [B, nkv, S, D]^T -> [B, nkv, rep*S, S]
@@ -439,8 +453,7 @@ class LlamaAttention(nn.Cell):
         scores = scores + _same_shape(mask, scores)
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
         out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, s)), v)
-        out = ops.transpose(ops.reshape(out, (b, nh, s, d)), (0, 2, 1, 3))
-        return self.wo(ops.reshape(out, (b, s, nh * d)))
+        return self.wo(_heads_last(ops.reshape(out, (b, nh, s, d))))
 
 
 class LlamaFeedForward(nn.Cell):
