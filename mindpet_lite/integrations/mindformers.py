@@ -66,6 +66,13 @@ class LoRALinear(LoRADense):
     replaces (see `use_mindpet_lite`); both paths give the same cell.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.lora_dropout is None:
+            # MindFormers' adapter shards `lora_dropout.dropout` under (semi-)auto parallel; a Dropout
+            # with p=0 returns its input, so the graph still holds no dropout op
+            self.lora_dropout = nn.Dropout(p=0.0)
+
     @property
     def transpose_b(self):
         return _transposed(self.matmul)
@@ -120,10 +127,10 @@ class LoRALinear(LoRADense):
         x = self.cast(self.reshape(x, (-1, self.in_channels)), self.dtype)
         out = self.matmul(x, self.cast(self.weight, self.dtype))
         if not self.merged:
-            h = x if self.lora_dropout is None else self.lora_dropout(x)
+            h = self.lora_dropout(x)
             h = self.lora_a_matmul(h, self.cast(self.mindpet_delta_lora_a, self.dtype))  # [N, r]
-            h = self.mul(h, self.scaling)
             h = self.lora_b_matmul(h, self.cast(self.mindpet_delta_lora_b, self.dtype))  # [N, out]
+            h = self.mul(h, self.scaling)  # on [N, out], as MindPet: MindFormers' mul strategy shards out
             out = self.add(out, h)
         if self.has_bias:
             out = self.bias_add(out, self.cast(self.bias, self.dtype))

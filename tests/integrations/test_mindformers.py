@@ -182,6 +182,12 @@ def test_use_mindpet_lite_makes_mindformers_lora_model_build_mindpet_lite_cells(
     names = [p.name for p in model.get_parameters()]
     assert sum(n.endswith("mindpet_delta_lora_a") for n in names) == 4 * NUM_LAYERS
     assert len(set(names)) == len(names)
+    # the operators MindFormers' adapter shards under (semi-)auto parallel exist even at dropout 0,
+    # and no Dropout runs in the forward (output equals the formula above, in training mode too)
+    cell.lora_dropout.dropout.shard(((2, 1),))
+    cell.mul.shard(((2, 1), ()))
+    cell.set_train(True)
+    np.testing.assert_allclose(cell(x).asnumpy(), base, rtol=1e-5, atol=1e-5)
 
 
 def test_use_mindpet_lite_undo_and_without_patch_mindpet_is_used(mf):
