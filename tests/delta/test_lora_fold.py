@@ -2,41 +2,13 @@
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
-from mindpet_lite.delta import LoRADense
 from mindpet_lite.delta.lora import _fold_pays
 from tests import reference as ref
+from tests.delta.test_lora import _SumLoss, _arrays, _layer, _rand
 
 F32, F16 = ms.float32, ms.float16
-
-
-def _rand(*shape, seed=0, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-
-
-def _layer(n_in=12, n_out=10, rank=4, alpha=8, has_bias=True, activation=None, compute=F32, **kw):
-    return LoRADense(n_in, n_out, rank, alpha, has_bias=has_bias, activation=activation,
-                     compute_dtype=compute,
-                     weight_init=Tensor(_rand(n_out, n_in, seed=1, scale=0.3)),
-                     bias_init=Tensor(_rand(n_out, seed=2)) if has_bias else "zeros",
-                     lora_a_init=Tensor(_rand(rank, n_in, seed=3, scale=0.3)),
-                     lora_b_init=Tensor(_rand(n_out, rank, seed=4, scale=0.3)), **kw)
-
-
-def _arrays(layer):
-    bias = layer.bias.asnumpy() if layer.has_bias else None
-    return (layer.weight.asnumpy(), bias, layer.mindpet_delta_lora_a.asnumpy(),
-            layer.mindpet_delta_lora_b.asnumpy())
-
-
-class _SumLoss(nn.Cell):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def construct(self, x, g):
-        return (self.layer(x) * g).sum()
 
 
 def test_fold_rule():
