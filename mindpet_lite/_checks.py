@@ -5,8 +5,10 @@ what is allowed, e.g. ``lora_rank must be an int > 0, got 0 (int)``. Checks run 
 """
 import difflib
 import numbers
+import os
 
 import mindspore as ms
+import yaml
 from mindspore import dtype as mstype
 
 FLOAT_DTYPES = {"float16": mstype.float16, "float32": mstype.float32, "bfloat16": mstype.bfloat16}
@@ -112,3 +114,20 @@ def check_known_keys(section, keys, valid):
             hint = closest(key, valid)
             hint = f"; did you mean '{hint}'?" if hint else ""
             raise ValueError(f"{section}: unknown key '{key}'{hint} (valid keys: {', '.join(sorted(valid))})")
+
+
+def load_yaml_mapping(path, what):
+    """`yaml.safe_load` of a file that must hold a mapping; every error names `what` and the path."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"{what} must be the path of a YAML file, got {describe(path)}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} YAML not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} must be a mapping, got {describe(data)}")
+    return data

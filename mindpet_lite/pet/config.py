@@ -6,11 +6,9 @@ a silently ignored typo is the commonest way a LoRA run trains nothing.
 """
 import dataclasses
 import math
-import os
 import re
 from typing import Any, Optional
 
-import yaml
 from mindspore import Tensor
 from mindspore.common.initializer import Initializer, initializer
 
@@ -75,17 +73,7 @@ class LoraConfig:
     def from_yaml(cls, path):
         """From a YAML file holding only the block, a `pet_config:` mapping, or a whole MindFormers
         run YAML (model.model_config.pet_config)."""
-        if not isinstance(path, str) or not path:
-            raise TypeError(f"path must be a non-empty string, got {_checks.describe(path)}")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"pet_config YAML not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not valid YAML ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping, got {_checks.describe(data)}")
+        data = _checks.load_yaml_mapping(path, "pet_config")
         if "model" in data:
             block = data
             for key in ("model", "model_config", "pet_config"):

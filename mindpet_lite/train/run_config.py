@@ -299,18 +299,8 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path, overrides=None):
         """Read a MindFormers run YAML, apply flag `overrides` (see :func:`overrides_from_args`), check."""
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise TypeError(f"config must be the path of a run YAML, got {_checks.describe(path)}")
+        data = _checks.load_yaml_mapping(path, "run config")
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"run config YAML not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a run YAML must be a mapping, got {_checks.describe(data)}")
         return cls.from_dict(data, overrides=overrides, source=path)
 
     @classmethod
