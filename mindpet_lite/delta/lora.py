@@ -71,6 +71,15 @@ def _no_hook(cell, inputs):  # pylint: disable=unused-argument
     return None
 
 
+def invalidate_compiled_graphs(cell):
+    """Make every compiled graph that holds `cell` recompile on its next call.
+
+    Graph-mode constants (LoRADense.merged, a swapped sub-cell) are baked into compiled graphs, and
+    the parents of a cell are not known to it. MindSpore keys its graph cache on a global hook
+    version, which adding and removing a hook bumps: that is the one switch that reaches them."""
+    cell.register_forward_pre_hook(_no_hook).remove()
+
+
 def _fold_pays(rows, in_channels, out_channels):
     """Forward element traffic of the branch (read x for x·Aᵀ, write h·Bᵀ, the add) against the
     fold's (write B·A, read W and it, write W + s·B·A). Training favours the fold even more."""
@@ -273,10 +282,7 @@ class LoRADense(nn.Dense):
         return self
 
     def _recompile(self):
-        """Make every compiled graph that holds this cell recompile: `merged` is a graph constant.
-        MindSpore keys its graph cache on a global hook version, which adding and removing a hook
-        bumps; the parent networks are not known here, so this is the one switch that reaches them."""
-        self.register_forward_pre_hook(_no_hook).remove()
+        invalidate_compiled_graphs(self)  # `merged` is a graph constant
 
     # ---- semi-auto parallel ----------------------------------------------------------------
     def shard(self, strategy_org_dense_matmul=None, strategy_org_bias_add=None,

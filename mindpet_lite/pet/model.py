@@ -20,7 +20,7 @@ import logging
 from mindspore import nn
 
 from mindpet_lite import _checks
-from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense, invalidate_compiled_graphs
 from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
 from mindpet_lite.integrations import mindformers as _mf
 from mindpet_lite.pet.config import load_pet_config
@@ -69,7 +69,7 @@ def apply_lora(network, pet_config):
 
     for (parent, attr, path, old), new in zip(targets, built):
         _swap(parent, attr, old, new, prefixes[path])
-    _invalidate_compiled_graphs(network)
+    invalidate_compiled_graphs(network)  # a network compiled before the swap must not reuse its graph
 
     freeze_delta(network, "lora", config.freeze_include, config.freeze_exclude)
     counts = trainable_params_report(network)
@@ -204,14 +204,3 @@ def _swap(parent, attr, old, new, prefix):
         setattr(parent, attr, new)
     for local, param in new.parameters_and_names():
         param.name = base_names.get(id(param), f"{prefix}.{local}")
-
-
-def _no_hook(cell, inputs):  # pylint: disable=unused-argument
-    return None
-
-
-def _invalidate_compiled_graphs(network):
-    """Make a network compiled before the swap (GRAPH_MODE) recompile: MindSpore would otherwise
-    reuse the graph of the old layers. Its graph cache is keyed on a global hook version, which
-    adding and removing a forward pre-hook bumps (LoRADense.merge uses the same switch)."""
-    network.register_forward_pre_hook(_no_hook).remove()
