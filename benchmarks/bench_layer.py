@@ -2,7 +2,7 @@
 
 Run (from anywhere; the script works in a temp dir because importing mindpet writes ./output/log):
 
-    python benchmarks/bench_layer.py                 # the tables of benchmarks/README.md (~4 min)
+    python benchmarks/bench_layer.py                 # the tables of benchmarks/README.md (~5 min)
     python benchmarks/bench_layer.py --quick         # fewer repetitions, small shape only
     python benchmarks/bench_layer.py --breakdown     # + where the time goes (MindSpore profiler)
 
@@ -146,7 +146,7 @@ def main():
     for n, n_in, n_out in shapes:
         for rank in RANKS:
             big = n_in * n_out > 4e6
-            reps = (4 if args.quick else 8) if big else (10 if args.quick else 25)
+            reps = (4 if args.quick else 10) if big else (10 if args.quick else 60)
             wall, cpu = run_shape(ms, n, n_in, n_out, rank, variants, reps=reps, warmup=2 if big else 3)
             label = f"x[{n},{n_in}]->{n_out} r={rank}"
             rows = []

@@ -156,7 +156,7 @@ def main():
             rc, c1, c3 = C.ratio_stats(cpu[lora], cpu[full])
             for key in (full, lora):
                 i = info[key]
-                rows.append([size, impl, key.split("-")[1], f"{i['trainable']:,}",
+                rows.append([size, impl, key.rsplit("-", 1)[1], f"{i['trainable']:,}",
                              f"{100 * i['trainable'] / i['total']:.2f}%", C.med(wall[key]) * 1e3,
                              i["tokens"] / C.med(wall[key]),
                              f"{rw:.3f} [{w1:.3f}, {w3:.3f}]" if key == lora else "",
