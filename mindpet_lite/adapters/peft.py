@@ -50,23 +50,24 @@ _REFUSED = {
 }
 
 
-def _hf_module(module):
-    """HF module path of one of ours, allowing a leading prefix (``network.``); None if not Llama."""
-    parts = module.split(".")
+def _map_suffix(name, mapper):
+    """`mapper` of the longest dotted suffix of `name` it knows (allows a leading prefix such as
+    ``network.``); None if it knows none."""
+    parts = name.split(".")
     for i in range(len(parts)):
-        mapped = convert.mindspore_module_to_hf(".".join(parts[i:]))
+        mapped = mapper(".".join(parts[i:]))
         if mapped is not None:
             return mapped
     return None
+
+
+def _hf_module(module):
+    """HF module path of one of ours; None if not Llama."""
+    return _map_suffix(module, convert.mindspore_module_to_hf)
 
 
 def _hf_param(name):
-    parts = name.split(".")
-    for i in range(len(parts)):
-        mapped = convert.mindspore_name_to_hf(".".join(parts[i:]))
-        if mapped is not None:
-            return mapped
-    return None
+    return _map_suffix(name, convert.mindspore_name_to_hf)
 
 
 def _target_modules(hf_modules, meta_cfg):
