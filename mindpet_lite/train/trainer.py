@@ -99,6 +99,7 @@ def build_optimizer(params, optimizer_config, lr_table):
 # the train step cell
 # ------------------------------------------------------------------------------------------------
 _scale_grad = ops.MultitypeFuncGraph("mindpet_lite_scale_grad")
+_square_sum = ops.MultitypeFuncGraph("mindpet_lite_square_sum")
 _accu_add = ops.MultitypeFuncGraph("mindpet_lite_accu_add")
 _accu_sum = ops.MultitypeFuncGraph("mindpet_lite_accu_sum")
 _accu_zero = ops.MultitypeFuncGraph("mindpet_lite_accu_zero")
@@ -107,7 +108,15 @@ _finite = ops.MultitypeFuncGraph("mindpet_lite_finite")
 
 @_scale_grad.register("Tensor", "Tensor")
 def _scale_grad_fn(scale, grad):
+    # scale is 0-d: MindSpore's CPU Mul takes its scalar path (a [1]-shaped factor would broadcast and
+    # keep two int64 index arrays of the gradient's size for the life of the graph)
     return grad * ops.cast(scale, grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _square_sum_fn(grad):
+    flat = ops.reshape(ops.cast(grad, mstype.float32), (-1,))
+    return ops.reduce_sum(flat * flat)
 
 
 @_accu_add.register("Tensor", "Tensor")
@@ -132,6 +141,12 @@ def _finite_fn(grad):
 
 class TrainStep(nn.Cell):
     """One training step (``apply=True``) or one accumulation micro-step (``apply=False``).
+
+    The gradients pass through memory once after the backward: the loss-scale / accumulation division
+    and the global-norm clip factor are folded into one multiply, and the norm is taken from the
+    unscaled gradients (``||c*g|| = c*||g||``). With loss scale 1, no accumulation and no clipping
+    the gradients go to the optimizer untouched. (``ops.clip_by_global_norm`` after a separate scaling
+    pass cost the full fine-tune step 1.2x and 1.4 GB of peak memory on the benchmarks' larger model.)
 
     Args:
         network: a cell whose ``network(input_ids, labels)`` returns the scalar float32 loss.
@@ -169,13 +184,26 @@ class TrainStep(nn.Cell):
         self.dynamic = loss_scale_cell is not None
         self.check_overflow = bool(check_overflow) or self.dynamic
         self.clip = clip_norm is not None
+        if self.clip and not float(clip_norm) > 0:
+            raise ValueError(f"clip_norm must be a number > 0, got {clip_norm!r}")
         self.clip_norm = float(clip_norm) if clip_norm is not None else 1.0
+        # a static loss scale is fixed at build time (resume restores the same value), so whether the
+        # gradients need dividing at all is a graph constant
+        self.unscale = self.dynamic or self.accumulate > 1 or float(self.scale_sense.asnumpy()) != 1.0
         self.reducer = reducer
         self.reduce = reducer is not None
         self.rank_size = int(rank_size)
         self.reduce_loss = self.rank_size > 1
         if self.reduce_loss:
             self.allreduce = ops.AllReduce()
+
+    def _grad_factor(self, grads):
+        """0-d float32 factor that unscales and clips the (summed, scaled) gradients in one multiply."""
+        inv = 1.0 / (ops.cast(self.scale_sense, mstype.float32) * self.accumulate)
+        if not self.clip:
+            return inv
+        norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv
+        return inv * (self.clip_norm / ops.maximum(norm, self.clip_norm))
 
     def construct(self, input_ids, labels):
         loss = self.network(input_ids, labels)
@@ -189,20 +217,16 @@ class TrainStep(nn.Cell):
             grads = self.hyper_map(_accu_sum, self.accu, grads)
         if self.reduce:
             grads = self.reducer(grads)
-        inv = 1.0 / (ops.cast(self.scale_sense, mstype.float32) * self.accumulate)
-        grads = self.hyper_map(ops.partial(_scale_grad, inv), grads)
+        if self.unscale or self.clip:
+            grads = self.hyper_map(ops.partial(_scale_grad, self._grad_factor(grads)), grads)
         if self.check_overflow:
             finite = ops.stack(self.hyper_map(_finite, grads)).all()
             overflow = ops.logical_not(finite)
             if self.dynamic:
                 overflow = self.loss_scale_cell(self.scale_sense, overflow)
-            if self.clip:
-                grads = ops.clip_by_global_norm(grads, self.clip_norm)
             if not overflow:
                 loss = ops.depend(loss, self.optimizer(grads))
         else:
-            if self.clip:
-                grads = ops.clip_by_global_norm(grads, self.clip_norm)
             loss = ops.depend(loss, self.optimizer(grads))
         if self.accumulate > 1:
             loss = ops.depend(loss, self.hyper_map(_accu_zero, self.accu))
