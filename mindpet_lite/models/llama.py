@@ -49,7 +49,8 @@ from mindpet_lite import _checks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LlamaConfig", "LlamaForCausalLM", "llama_param_shapes", "count_params", "causal_lm_loss"]
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "llama_param_shapes", "count_params", "causal_lm_loss",
+           "recompute_layers"]
 
 _DTYPE_KEYS = ("compute_dtype", "layernorm_compute_type", "softmax_compute_type", "rotary_dtype",
                "param_init_type")
@@ -535,6 +536,19 @@ class LlamaModel(nn.Cell):
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
         return self.norm_out(x)
+
+
+def recompute_layers(net):
+    """Mark every decoder layer of ``net`` for recomputation; returns how many were marked.
+
+    Only each layer's input is kept for the backward, which runs the layer's forward again (MindSpore's
+    ``Cell.recompute``, GRAPH_MODE): activation memory for about one more forward of the blocks. Call
+    it after ``get_pet_model`` so the LoRA cells swapped into the layers are marked too.
+    """
+    layers = [cell for _, cell in net.cells_and_names() if isinstance(cell, LlamaDecodeLayer)]
+    for layer in layers:
+        layer.recompute()
+    return len(layers)
 
 
 def causal_lm_loss(logits, labels, ignore_index=-100):

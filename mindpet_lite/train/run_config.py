@@ -3,7 +3,7 @@
 An existing MindFormers LoRA YAML (``configs/llama2/lora_llama2_7b.yaml``) is accepted as it is:
 
 * keys the runner uses are validated (type, range, allowed names);
-* keys it does not use (``processor``, ``recompute_config``, ``metric``, ``trainer``, a data loader's
+* keys it does not use (``processor``, ``metric``, ``trainer``, a data loader's
   ``numa_enable``, ...) are collected in ``RunConfig.ignored_keys`` and logged once, in one line;
 * an unknown key in a section the runner uses that is close to a key it uses (``lerning_rate``) is a
   ``ValueError`` naming the key it probably meant.
@@ -27,6 +27,11 @@ optimizer steps; the lr schedule keeps its full length, so an interrupted run an
 the same curve), ``runner_wrapper.max_grad_norm`` (MindFormers' MFTrainOneStepCell default 1.0),
 ``optimizer.betas`` as an alternative to ``beta1``/``beta2``, ``lr_schedule.warmup_steps`` as an
 alternative to ``warmup_ratio``.
+
+``recompute_config.recompute: True`` recomputes each decoder layer's activations in the backward
+(MindSpore's ``Cell.recompute``) on the built-in Llama: less memory for more compute (benchmarks/README.md
+has the measured trade). Its other keys (``select_recompute``, ...) are Ascend-side refinements and are
+listed as ignored.
 """
 import argparse
 import copy
@@ -65,9 +70,10 @@ DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 # ---- which keys of which section the runner uses, and which MindFormers keys it knowingly skips ----
 _TOP_USED = ("seed", "output_dir", "load_checkpoint", "auto_trans_ckpt", "resume_training", "run_mode",
              "runner_config", "optimizer", "lr_schedule", "train_dataset", "eval_dataset", "use_parallel",
-             "parallel", "parallel_config", "callbacks", "context", "model", "runner_wrapper")
+             "parallel", "parallel_config", "callbacks", "context", "model", "runner_wrapper",
+             "recompute_config")
 _TOP_IGNORED = ("trainer", "src_strategy_path_or_dir", "only_save_strategy", "train_dataset_task",
-                "eval_dataset_task", "do_eval", "micro_batch_interleave_num", "recompute_config",
+                "eval_dataset_task", "do_eval", "micro_batch_interleave_num",
                 "processor", "metric", "eval_callbacks", "auto_tune", "filepath_prefix",
                 "autotune_per_step", "profile", "profile_start_step", "profile_stop_step",
                 "init_start_profile", "profile_communication", "profile_memory", "layer_scale",
@@ -109,6 +115,10 @@ _CONTEXT_IGNORED = ("save_graphs", "save_graphs_path", "jit_config", "memory_opt
                     "mempool_block_size", "runtime_num_threads", "enable_graph_kernel", "graph_kernel_flags",
                     "ascend_config", "affinity_cpu_list", "deterministic", "jit_level", "infer_boost",
                     "enable_compile_cache", "compile_cache_path", "affinity_config", "pynative_synchronize")
+_RECOMPUTE_USED = ("recompute",)
+_RECOMPUTE_IGNORED = ("select_recompute", "select_comm_recompute", "parallel_optimizer_comm_recompute",
+                      "mp_comm_recompute", "recompute_slice_activation", "select_recompute_exclude",
+                      "select_comm_recompute_exclude")
 _MODEL_USED = ("model_config", "arch")
 _ARCH_USED = ("type",)
 _WRAPPER_USED = ("type", "scale_sense", "use_clip_grad", "max_grad_norm")
@@ -280,6 +290,7 @@ class RunConfig:
     device_id: int = 0
     max_device_memory: Optional[str] = None
     max_call_depth: Optional[int] = None
+    recompute: bool = False                  # recompute_config.recompute (built-in Llama)
     model_config: dict = dataclasses.field(default_factory=dict)
     arch_type: str = "LlamaForCausalLM"
     backend: str = "builtin"                 # 'builtin' or 'mindformers'
@@ -331,7 +342,7 @@ class RunConfig:
                 "gradient_accumulation_steps": self.gradient_accumulation_steps, "max_steps": self.max_steps,
                 "optimizer": self.optimizer.yaml_type, "lr_schedule": self.lr_schedule.yaml_type,
                 "learning_rate": self.lr_schedule.learning_rate, "use_parallel": self.use_parallel,
-                "data_parallel": self.data_parallel, "device_target": self.device_target,
+                "data_parallel": self.data_parallel, "device_target": self.device_target, "recompute": self.recompute,
                 "backend": self.backend, "pet_config": self.pet_config.to_dict() if self.pet_config else None}
 
 
@@ -434,6 +445,14 @@ def _parse(data, source):
         raise TypeError(f"context.max_device_memory must be a string such as '59GB', got {_checks.describe(mem)}")
     cfg.max_device_memory = mem
     cfg.max_call_depth = _int("context.max_call_depth", ctx.get("max_call_depth"), minimum=1, allow_none=True)
+
+    rec = r.section("recompute_config", top.get("recompute_config"), _RECOMPUTE_USED, _RECOMPUTE_IGNORED)
+    value = rec.get("recompute", False)
+    if isinstance(value, (list, tuple)):
+        raise ValueError("recompute_config.recompute must be True or False here (a list of layer counts per "
+                         f"pipeline stage needs pipeline parallel, which this runner does not do), got "
+                         f"{_checks.describe(value)}")
+    cfg.recompute = _bool("recompute_config.recompute", value)
 
     _parse_model(r, cfg, top.get("model"))
     cfg.wrapper = _parse_wrapper(r, top.get("runner_wrapper"))

@@ -457,6 +457,17 @@ def build_model(run_config):
     return LlamaForCausalLM(run_config.llama_config)
 
 
+def _recompute(net, backend):
+    """recompute_config.recompute on the built-in Llama (a MindFormers model reads it from its own config)."""
+    if backend == "mindformers":
+        logger.warning("recompute_config.recompute is applied to the built-in Llama only; a MindFormers "
+                       "model takes it from model_config.recompute_config / parallel_config")
+        return
+    from mindpet_lite.models.llama import recompute_layers  # pylint: disable=import-outside-toplevel
+    logger.info("recompute: %d decoder layers recompute their activations in the backward",
+                recompute_layers(net))
+
+
 _CKPT_SUFFIXES = (".ckpt", ".safetensors")
 _IGNORED_CKPT_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "accu_grads.", "global_step",
                           "learning_rate", "scale_sense", "loss_scale", "epoch_num", "step_num",
@@ -657,6 +668,8 @@ def finetune(run_config):
     net = build_model(cfg)
     base = load_base_checkpoint(net, cfg.load_checkpoint, cfg.auto_trans_ckpt, rank_id)
     get_pet_model(net, cfg.pet_config)
+    if cfg.recompute:
+        _recompute(net, cfg.backend)
     share = net.pet_summary
     if rank_id == 0:
         cb.say(f"LoRA: {share['num_replaced']} layers, trainable {share['trainable']:,} / {share['total']:,} "

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindpet_lite.models import LlamaConfig, LlamaForCausalLM, count_params, llama_param_shapes
-from mindpet_lite.models.llama import causal_lm_loss
+from mindpet_lite.models.llama import causal_lm_loss, recompute_layers
 
 ms.set_device("CPU")
 
@@ -245,6 +245,18 @@ def test_dense_swapped_for_subclass_is_used(pynative):
 # ------------------------------------------------------------------------------------------------
 # gradients and training
 # ------------------------------------------------------------------------------------------------
+def _check_directional_derivatives(ref, p, grads, rng, names, eps=1e-4):
+    """grads[name] . d == the central difference of the numpy loss ``ref`` along a random d."""
+    for name in names:
+        direction = rng.standard_normal(p[name].shape)
+        plus, minus = dict(p), dict(p)
+        plus[name] = p[name] + eps * direction
+        minus[name] = p[name] - eps * direction
+        numeric = (ref(plus) - ref(minus)) / (2 * eps)
+        analytic = float(np.sum(grads[name] * direction))
+        assert abs(numeric - analytic) <= 1e-3 * max(1.0, abs(numeric)), name
+
+
 def test_gradient_matches_finite_difference_of_reference(pynative):
     cfg = dict(TINY, num_layers=1)
     ms.set_seed(6)
@@ -266,16 +278,35 @@ def test_gradient_matches_finite_difference_of_reference(pynative):
         return reference_loss(reference_logits(params, cfg, ids[:, :-1]), labels[:, 1:])
 
     assert abs(ref(p) - float(loss.asnumpy())) < 1e-5
-    for name in ("model.layers.0.attention.wk.weight", "model.layers.0.feed_forward.w3.weight",
-                 "model.layers.0.attention_norm.weight", "model.tok_embeddings.embedding_weight"):
-        direction = rng.standard_normal(p[name].shape)
-        eps = 1e-4
-        plus, minus = dict(p), dict(p)
-        plus[name] = p[name] + eps * direction
-        minus[name] = p[name] - eps * direction
-        numeric = (ref(plus) - ref(minus)) / (2 * eps)
-        analytic = float(np.sum(grads[name] * direction))
-        assert abs(numeric - analytic) <= 1e-3 * max(1.0, abs(numeric)), name
+    _check_directional_derivatives(ref, p, grads, rng, (
+        "model.layers.0.attention.wk.weight", "model.layers.0.feed_forward.w3.weight",
+        "model.layers.0.attention_norm.weight", "model.tok_embeddings.embedding_weight"))
+
+
+def test_recomputed_layers_give_the_reference_gradient():
+    """recompute_config.recompute: the recomputing backward (GRAPH_MODE) still matches numpy."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cfg = dict(TINY, num_layers=2)
+    ms.set_seed(8)
+    net = LlamaForCausalLM(cfg)
+    _randomize_norms(net, 8)
+    assert recompute_layers(net) == 2
+    rng = np.random.default_rng(9)
+    ids = rng.integers(0, 64, (2, 9)).astype(np.int32)
+    labels = ids.copy()
+    labels[:, :2] = -100
+    weights = net.trainable_params()
+    loss, grads = ms.jit(ms.value_and_grad(net, None, weights))(Tensor(ids), Tensor(labels))
+    grads = {w.name: g.asnumpy() for w, g in zip(weights, grads)}
+    p = params_of(net)
+
+    def ref(params):
+        return reference_loss(reference_logits(params, cfg, ids[:, :-1]), labels[:, 1:])
+
+    assert abs(ref(p) - float(loss.asnumpy())) < 1e-5
+    _check_directional_derivatives(ref, p, grads, rng, (
+        "model.layers.0.attention.wq.weight", "model.layers.1.feed_forward.w2.weight",
+        "model.layers.0.ffn_norm.weight"))
 
 
 def test_training_steps_lower_the_loss(mode):

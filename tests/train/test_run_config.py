@@ -3,6 +3,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 
 import pytest
 import yaml
@@ -39,7 +40,8 @@ def test_llama2_7b_yaml_is_accepted_as_is(caplog):
     assert cfg.batch_size == 2 and cfg.epochs == 2 and cfg.wrapper.use_clip_grad
     assert cfg.arch_type == "LlamaForCausalLM"
     # keys the runner does not use are collected and logged once, in one line
-    for key in ("processor", "recompute_config", "trainer", "train_dataset.numa_enable",
+    assert cfg.recompute  # recompute_config.recompute: True; its Ascend-side refinements are ignored
+    for key in ("processor", "recompute_config.select_recompute", "trainer", "train_dataset.numa_enable",
                 "model.model_config.use_flash_attention", "callbacks[2](ObsMonitor)"):
         assert key in cfg.ignored_keys
     with caplog.at_level(logging.INFO, logger="mindpet_lite.train.run_config"):
@@ -208,3 +210,22 @@ def test_dynamic_loss_scale_section():
                                              "scale_factor": 2, "scale_window": 50}
     cfg = RunConfig.from_dict(copy.deepcopy(data))
     assert cfg.wrapper.dynamic_loss_scale and cfg.wrapper.scale_sense == 1024.0 and cfg.wrapper.scale_window == 50
+
+
+@pytest.mark.parametrize("value, want", [(True, True), ("False", False), (False, False)])
+def test_recompute_flag(value, want):
+    data = _raw(TINY_YAML)
+    data["recompute_config"] = {"recompute": value, "mp_comm_recompute": True}
+    cfg = RunConfig.from_dict(data)
+    assert cfg.recompute is want and cfg.summary()["recompute"] is want
+
+
+@pytest.mark.parametrize("value, error, words", [
+    ([2, 2], ValueError, "recompute_config.recompute must be True or False here"),
+    (3, TypeError, "recompute_config.recompute must be a bool, got 3"),
+])
+def test_recompute_bad_values(value, error, words):
+    data = _raw(TINY_YAML)
+    data["recompute_config"] = {"recompute": value}
+    with pytest.raises(error, match=re.escape(words)):
+        RunConfig.from_dict(data)

@@ -105,12 +105,13 @@ def test_resume_equals_uninterrupted_run(tiny_assets, tmp_path, capsys):
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny_assets, tmp_path):
-    """k=2 micro-batches of 2 == one batch of 4 (every row has the same number of label tokens)."""
+    """k=2 micro-batches of 2 == one batch of 4 (every row has the same number of label tokens); the
+    accumulating run also recomputes its decoder layers (recompute_config), which must not change it."""
     base, train, _ = tiny_assets
     one, acc = str(tmp_path / "one"), str(tmp_path / "acc")
     assert main(tiny.flags(base, train, one, "--max_steps", "2", "--batch_size", "4")) == 0
     assert main(tiny.flags(base, train, acc, "--max_steps", "2", "--batch_size", "2",
-                           "--gradient_accumulation_steps", "2")) == 0
+                           "--gradient_accumulation_steps", "2", "--recompute_config.recompute", "True")) == 0
     assert _max_diff(_adapter(os.path.join(one, "adapter.ckpt")), _adapter(os.path.join(acc, "adapter.ckpt"))) <= 1e-5
 
 
