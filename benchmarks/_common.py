@@ -8,9 +8,11 @@
 - `run_child(...)`: run one configuration in its own process and read back its JSON line, so peak
   RSS (ru_maxrss) belongs to that configuration alone.
 """
+import atexit
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,6 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_MARK = "@@RESULT@@ "
 
 
+def scratch_dir(prefix):
+    """A temporary directory removed when this process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def setup(threads=2, mode="graph", chdir=True):
     """Call before importing mindformers / mindpet. Returns the mindspore module."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -28,7 +37,7 @@ def setup(threads=2, mode="graph", chdir=True):
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     if chdir:
-        os.chdir(tempfile.mkdtemp(prefix="mpl_bench_"))
+        os.chdir(scratch_dir("mpl_bench_"))
     import mindspore as ms  # pylint: disable=import-outside-toplevel
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)

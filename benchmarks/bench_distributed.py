@@ -24,7 +24,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +104,7 @@ def _free_port():
 
 
 def launch(workers, mode, args):
-    out = tempfile.mkdtemp(prefix="mpl_dist_")
+    out = C.scratch_dir("mpl_dist_")
     threads = max(1, args.total_threads // workers)
     cmd = (f"python {shlex.quote(os.path.abspath(__file__))} --bench-worker --mode {mode} --threads {threads} "
            f"--global-batch {args.global_batch} --steps {args.steps} --out {shlex.quote(out)}")

@@ -1,19 +1,21 @@
 """Model benchmark: the built-in Llama, LoRA training step vs full fine-tune step.
 
-Run (from anywhere; ~6 min with the defaults):
+Run (from anywhere; ~12 min with the defaults):
 
-    python benchmarks/bench_model.py                    # tiny + larger, both parts below
+    python benchmarks/bench_model.py                    # tiny + larger (+ xl in the memory part)
     python benchmarks/bench_model.py --sizes tiny       # tiny only
     python benchmarks/bench_model.py --step trainer     # only the project's TrainStep (default: both)
+    python benchmarks/bench_model.py --mem-sizes larger --mem-recompute off   # a quicker memory part
 
 Two parts:
 
 1. Step time, side by side: one process builds the LoRA and the full network of one size with each
    step cell, compiles them all, then alternates their steps (rotating order) and reports medians
    after warm-up, tokens/s and the median of per-round LoRA/full ratios (wall clock and CPU time).
-2. Memory and compile time, one process per (size, mode): peak RSS (ru_maxrss) after `--mem-steps`
-   steps, the RSS after importing MindSpore and the toolkit, after building the network and
-   optimizer, and the time of the first step (graph compile + one step) minus a steady step.
+2. Memory and compile time, one process per (size, recompute, mode): peak RSS (ru_maxrss) after
+   `--mem-steps` steps, the RSS after importing MindSpore and the toolkit, after building the network
+   and optimizer, and the time of the first step (graph compile + one step) minus a steady step. Sizes:
+   tiny, larger and xl (0.54B parameters, batch 1); with and without recompute_config.recompute.
 
 Step = loss, gradients of the trainable parameters, AdamWeightDecay update (GRAPH_MODE, float32, CPU,
 2 threads). Step cells: `ref` = nn.TrainOneStepCell (stock MindSpore); `trainer` = the project's
@@ -37,12 +39,16 @@ SIZES = {
     # larger: ~4x the parameters (dominated by the blocks, not the embeddings)
     "larger": dict(hidden_size=1024, num_layers=6, num_heads=16, intermediate_size=2752, vocab_size=8192,
                    seq_length=256, batch_size=4),
+    # memory part only (--mem-sizes): 0.54B parameters, where weights and optimizer state dominate the
+    # fixed runtime and the activations, as they do for the 7B models LoRA is used on
+    "xl": dict(hidden_size=2048, num_layers=8, num_heads=16, intermediate_size=5504, vocab_size=32000,
+               seq_length=256, batch_size=1),
 }
 LORA = {"pet_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ".*wq|.*wk|.*wv|.*wo"}
 
 
-def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0):
+def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0, recompute=False):
     """(step_cell, (input_ids, labels), summary) for one configuration."""
     # pylint: disable=import-outside-toplevel
     import mindspore as ms
@@ -57,6 +63,9 @@ def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0):
     if mode == "lora":
         from mindpet_lite.pet import get_pet_model
         get_pet_model(net, dict(LORA))
+    if recompute:  # recompute_config.recompute: True
+        from mindpet_lite.models import recompute_layers
+        recompute_layers(net)
     params = net.trainable_params()
     n_train = sum(int(np.prod(p.shape)) for p in params)
     n_total = sum(int(np.prod(p.shape)) for p in net.get_parameters())
@@ -87,7 +96,7 @@ def child(args):
     import mindpet_lite.models.llama  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import mindpet_lite.pet  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     rss0 = C.peak_rss_mb()  # MindSpore and the toolkit, imported
-    step, batch, info = build_step(args.size, args.mode, args.step.split(",")[0])
+    step, batch, info = build_step(args.size, args.mode, args.step.split(",")[0], recompute=args.recompute)
     rss_built = C.peak_rss_mb()
     t0 = time.perf_counter()
     loss = step(*batch)
@@ -98,7 +107,7 @@ def child(args):
         loss = step(*batch)
         times.append(time.perf_counter() - t0)
     steady = C.med(times)
-    C.emit({"size": args.size, "mode": args.mode, "rss_runtime_mb": rss0, "rss_built_mb": rss_built,
+    C.emit({"size": args.size, "mode": args.mode, "recompute": args.recompute, "rss_runtime_mb": rss0, "rss_built_mb": rss_built,
             "peak_rss_mb": C.peak_rss_mb(), "first_step_s": first, "compile_s": first - steady,
             "steady_step_s": steady, "loss": float(loss.asnumpy()), **info})
 
@@ -124,7 +133,11 @@ def main():
                         help="step cells, comma-separated: ref = nn.TrainOneStepCell + nn.AdamWeightDecay; "
                              "trainer = mindpet_lite.train.trainer.TrainStep (clip 1.0) + build_optimizer; "
                              "trainer-noclip = the same without clipping")
-    parser.add_argument("--mem-step", default="ref,trainer", help="step cells of the memory / compile runs")
+    parser.add_argument("--mem-step", default="trainer", help="step cells of the memory / compile runs")
+    parser.add_argument("--mem-sizes", default="",
+                        help="sizes of the memory / compile runs (default: --sizes plus xl, 0.54B parameters)")
+    parser.add_argument("--mem-recompute", default="off,on",
+                        help="memory runs without / with recompute_config.recompute (decoder layers recomputed)")
     parser.add_argument("--reps", type=int, default=0, help="interleaved rounds (default: 12 tiny, 5 larger)")
     parser.add_argument("--mem-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -132,6 +145,7 @@ def main():
     parser.add_argument("--side", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="lora", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         reps = args.reps or (12 if args.size == "tiny" else 5)
@@ -177,26 +191,32 @@ def main():
 
     mem = {}
     mem_impls = args.mem_step.split(",")
+    mem_sizes = args.mem_sizes.split(",") if args.mem_sizes else sizes + ["xl"]
+    recomputes = [r == "on" for r in args.mem_recompute.split(",")]
     for impl in mem_impls:
-        for size in sizes:
-            for mode in ("full", "lora"):
-                mem[(impl, size, mode)] = C.run_child(me, ["--child", "--size", size, "--mode", mode, "--mem-steps",
-                                                           args.mem_steps, "--step", impl, "--threads", args.threads])
+        for size in mem_sizes:
+            for rc in recomputes:
+                for mode in ("full", "lora"):
+                    mem[(impl, size, rc, mode)] = C.run_child(
+                        me, ["--child", "--size", size, "--mode", mode, "--mem-steps", args.mem_steps, "--step", impl,
+                             "--threads", args.threads] + (["--recompute"] if rc else []))
     mrows = []
     for impl in mem_impls:
-        for size in sizes:
-            full = mem[(impl, size, "full")]
-            for mode in ("full", "lora"):
-                m = mem[(impl, size, mode)]
-                mrows.append([size, impl, mode, m["rss_runtime_mb"], m["rss_built_mb"], m["peak_rss_mb"],
-                              m["peak_rss_mb"] - m["rss_runtime_mb"], m["compile_s"], m["steady_step_s"] * 1e3,
-                              f"{m['peak_rss_mb'] / full['peak_rss_mb']:.3f}" if mode == "lora" else ""])
-            ratio = mem[(impl, size, "lora")]["peak_rss_mb"] / full["peak_rss_mb"]
-            if size == "larger":
-                trows.append([size, impl, "LoRA peak RSS / full <= 0.60", f"{ratio:.3f}", "",
-                              "met" if ratio <= 0.6 else "NOT met"])
+        for size in mem_sizes:
+            for rc in recomputes:
+                full = mem[(impl, size, rc, "full")]
+                for mode in ("full", "lora"):
+                    m = mem[(impl, size, rc, mode)]
+                    mrows.append([size, impl, "on" if rc else "off", mode, f"{m['total']:,}", m["rss_runtime_mb"],
+                                  m["rss_built_mb"], m["peak_rss_mb"], m["peak_rss_mb"] - m["rss_runtime_mb"],
+                                  m["compile_s"], m["steady_step_s"] * 1e3,
+                                  f"{m['peak_rss_mb'] / full['peak_rss_mb']:.3f}" if mode == "lora" else ""])
+                ratio = mem[(impl, size, rc, "lora")]["peak_rss_mb"] / full["peak_rss_mb"]
+                if size in ("larger", "xl"):
+                    trows.append([size, f"{impl}, recompute {'on' if rc else 'off'}", "LoRA peak RSS / full <= 0.60",
+                                  f"{ratio:.3f}", "", "met" if ratio <= 0.6 else "NOT met"])
     print("\n### Memory and compile time, one process per run\n")
-    print(C.table(["size", "step", "mode", "RSS after imports MB", "RSS built MB", "peak RSS MB",
+    print(C.table(["size", "step", "recompute", "mode", "parameters", "RSS after imports MB", "RSS built MB", "peak RSS MB",
                    "peak - imports MB", "compile s", "steady step ms", "LoRA/full peak RSS"], mrows))
     print("\n### Targets\n")
     print(C.table(["size", "step", "target", "wall", "CPU", ""], trows))

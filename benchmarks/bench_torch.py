@@ -90,8 +90,7 @@ def child(args):
         import mindpet_lite.models.llama
         import mindpet_lite.pet
     else:
-        import tempfile
-        os.chdir(tempfile.mkdtemp(prefix="mpl_bench_"))
+        os.chdir(C.scratch_dir("mpl_bench_"))
         import peft
         import torch
         import transformers
