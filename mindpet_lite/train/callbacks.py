@@ -26,7 +26,7 @@ import time
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["say", "eval_line", "summary_line", "ProgressLogger", "LossHistory", "AdapterCheckpoint", "find_latest_checkpoint", "read_resume_state",
+__all__ = ["say", "eval_line", "summary_line", "ProgressLogger", "PeriodicEval", "LossHistory", "AdapterCheckpoint", "find_latest_checkpoint", "read_resume_state",
            "format_duration"]
 
 _STEP_RE = re.compile(r"_step(\d+)\.json$")
@@ -108,6 +108,22 @@ class ProgressLogger:
             width = len(str(state.total_steps))
             _say(f"step {state.step:>{width}}/{state.total_steps} | loss {state.loss:.4f} | lr {state.lr:.3e} | "
                  f"{tok_s:,.0f} tokens/s | elapsed {format_duration(state.elapsed)} | ETA {format_duration(eta)}")
+
+
+class PeriodicEval:
+    """Every ``every`` optimizer steps (rank 0, not at the last step, which the runner scores anyway):
+    ``evaluate_fn()`` -> metrics, logged and appended to ``state.evals`` (plotted with the loss)."""
+
+    def __init__(self, evaluate_fn, every):
+        self.evaluate_fn = evaluate_fn
+        self.every = every
+
+    def on_step_end(self, state):
+        if state.rank_id != 0 or state.step % self.every or state.step >= state.stop_step:
+            return
+        metrics = dict(self.evaluate_fn(), step=state.step)
+        state.evals.append(metrics)
+        say(eval_line(f"eval at step {state.step}", metrics))
 
 
 class LossHistory:

@@ -28,6 +28,10 @@ the same curve), ``runner_wrapper.max_grad_norm`` (MindFormers' MFTrainOneStepCe
 ``optimizer.betas`` as an alternative to ``beta1``/``beta2``, ``lr_schedule.warmup_steps`` as an
 alternative to ``warmup_ratio``.
 
+``do_eval: True`` scores ``eval_dataset`` every ``eval_step_interval`` optimizer steps (if > 0), else
+every ``eval_epoch_interval`` epochs, as MindFormers' EvalCallBack does; the held-out score before and
+after training is taken whenever ``eval_dataset`` is set.
+
 ``recompute_config.recompute: True`` recomputes each decoder layer's activations in the backward
 (MindSpore's ``Cell.recompute``) on the built-in Llama: less memory for more compute (benchmarks/README.md
 has the measured trade). Its other keys (``select_recompute``, ...) are Ascend-side refinements and are
@@ -71,9 +75,9 @@ DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 _TOP_USED = ("seed", "output_dir", "load_checkpoint", "auto_trans_ckpt", "resume_training", "run_mode",
              "runner_config", "optimizer", "lr_schedule", "train_dataset", "eval_dataset", "use_parallel",
              "parallel", "parallel_config", "callbacks", "context", "model", "runner_wrapper",
-             "recompute_config")
+             "recompute_config", "do_eval", "eval_step_interval", "eval_epoch_interval")
 _TOP_IGNORED = ("trainer", "src_strategy_path_or_dir", "only_save_strategy", "train_dataset_task",
-                "eval_dataset_task", "do_eval", "micro_batch_interleave_num",
+                "eval_dataset_task", "micro_batch_interleave_num",
                 "processor", "metric", "eval_callbacks", "auto_tune", "filepath_prefix",
                 "autotune_per_step", "profile", "profile_start_step", "profile_stop_step",
                 "init_start_profile", "profile_communication", "profile_memory", "layer_scale",
@@ -83,8 +87,7 @@ _TOP_IGNORED = ("trainer", "src_strategy_path_or_dir", "only_save_strategy", "tr
                 "use_ckpt_load_balancing", "check_for_nan_in_loss_and_grad", "adapter_id",
                 "input_data", "predict_batch_size", "infer_precision_sync", "postprocess_use_numpy",
                 "context_parallel", "print_separate_loss", "resume_by_meta", "skip_trans_ckpt",
-                "save_file", "remove_redundancy", "train_precision_sync", "eval_step_interval",
-                "eval_epoch_interval")
+                "save_file", "remove_redundancy", "train_precision_sync")
 _RUNNER_USED = ("epochs", "batch_size", "sink_mode", "sink_size", "gradient_accumulation_steps", "max_steps")
 _RUNNER_IGNORED = ("initial_epoch", "initial_step", "per_epoch_size", "stop_step", "num_samples")
 _OPT_USED = ("type", "beta1", "beta2", "betas", "eps", "weight_decay", "learning_rate")
@@ -291,6 +294,9 @@ class RunConfig:
     max_device_memory: Optional[str] = None
     max_call_depth: Optional[int] = None
     recompute: bool = False                  # recompute_config.recompute (built-in Llama)
+    do_eval: bool = False                    # score eval_dataset during training too
+    eval_step_interval: int = 100            # MindFormers' defaults; a value <= 0 turns that rule off
+    eval_epoch_interval: int = 50
     model_config: dict = dataclasses.field(default_factory=dict)
     arch_type: str = "LlamaForCausalLM"
     backend: str = "builtin"                 # 'builtin' or 'mindformers'
@@ -343,6 +349,7 @@ class RunConfig:
                 "optimizer": self.optimizer.yaml_type, "lr_schedule": self.lr_schedule.yaml_type,
                 "learning_rate": self.lr_schedule.learning_rate, "use_parallel": self.use_parallel,
                 "data_parallel": self.data_parallel, "device_target": self.device_target, "recompute": self.recompute,
+                "do_eval": self.do_eval,
                 "backend": self.backend, "pet_config": self.pet_config.to_dict() if self.pet_config else None}
 
 
@@ -406,6 +413,15 @@ def _parse(data, source):
     if top.get("eval_dataset") is not None:
         ev = _parse_dataset(r, "eval_dataset", top.get("eval_dataset"), train=False)
         cfg.eval_dataset = ev if ev.dataset_dir else None
+    cfg.do_eval = _bool("do_eval", top.get("do_eval", False))
+    cfg.eval_step_interval = _int("eval_step_interval", top.get("eval_step_interval", 100))
+    cfg.eval_epoch_interval = _int("eval_epoch_interval", top.get("eval_epoch_interval", 50))
+    if cfg.do_eval and cfg.eval_dataset is None:
+        raise ValueError("do_eval is True but eval_dataset.data_loader.dataset_dir is not set "
+                         "(set it, or pass --eval_dataset_dir)")
+    if cfg.do_eval and cfg.eval_step_interval <= 0 and cfg.eval_epoch_interval <= 0:
+        raise ValueError(f"do_eval is True but eval_step_interval ({cfg.eval_step_interval}) and "
+                         f"eval_epoch_interval ({cfg.eval_epoch_interval}) are both <= 0: set one > 0")
 
     # parallel
     cfg.use_parallel = _bool("use_parallel", top.get("use_parallel", False))

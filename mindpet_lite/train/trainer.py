@@ -699,6 +699,9 @@ def finetune(run_config):
     callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir, plot=eval_data is None),
                  cb.AdapterCheckpoint(ckpt_dir, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
                                       cfg.checkpoint_prefix, cfg.checkpoint_format)]
+    every = _eval_every(cfg, steps_in_data // cfg.epochs)
+    if eval_data is not None and every:
+        callbacks.append(cb.PeriodicEval(lambda: evaluate(net, eval_data, _ignore_index(cfg)), every))
 
     # 4. held-out score before, train, held-out score after
     if eval_data is not None:
@@ -726,7 +729,7 @@ def finetune(run_config):
                "rank_size": rank_size, "trainable": share["trainable"], "total_params": share["total"],
                "trainable_percent": share["percent"], "base_checkpoint": base["files"],
                "adapter": adapter_path, "eval_before": state.evals[0] if state.evals else None,
-               "eval_after": after, "final_loss": state.history[-1]["loss"] if state.history else None,
+               "eval_after": after, "evals": state.evals, "final_loss": state.history[-1]["loss"] if state.history else None,
                "train_seconds": round(state.elapsed, 2), "wall_seconds": round(time.perf_counter() - wall_start, 2),
                "resumed_from_step": int(resume[0]["step"]) if resume else None}
     _write_json(os.path.join(cfg.output_dir, "ranks", f"rank_{rank_id}.json"),
@@ -737,6 +740,15 @@ def finetune(run_config):
         _write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
         cb.say(cb.summary_line(summary))
     return summary
+
+
+def _eval_every(cfg, steps_per_epoch):
+    """Optimizer steps between evaluations during training (do_eval), or 0 for none."""
+    if not cfg.do_eval:
+        return 0
+    if cfg.eval_step_interval > 0:
+        return cfg.eval_step_interval
+    return cfg.eval_epoch_interval * max(steps_per_epoch, 1)
 
 
 def _ignore_index(cfg):

@@ -69,7 +69,8 @@ def _csv(path):
 def test_short_run_writes_adapter_csv_png_checkpoints(tiny_assets, tmp_path, capsys):
     base, train, held_out = tiny_assets
     out = str(tmp_path / "run")
-    assert main(tiny.flags(base, train, out, "--max_steps", "3", "--eval_dataset_dir", held_out)) == 0
+    assert main(tiny.flags(base, train, out, "--max_steps", "3", "--eval_dataset_dir", held_out,
+                           "--do_eval", "True", "--eval_step_interval", "2")) == 0
     text = capsys.readouterr().out
     assert "step 3/8 | loss" in text and "tokens/s" in text and "ETA" in text
     assert "held-out before: loss" in text and "held-out after : loss" in text
@@ -88,6 +89,27 @@ def test_short_run_writes_adapter_csv_png_checkpoints(tiny_assets, tmp_path, cap
         summary = json.load(f)
     assert summary["steps"] == 3 and summary["total_steps"] == 8 and 0 < summary["trainable_percent"] < 100
     assert summary["eval_before"]["loss"] > 0 and summary["eval_after"]["rows"] == 8
+    # do_eval: scored at step 2 too; the score is that of the step-2 adapter checkpoint, scored afresh
+    assert "eval at step 2: loss" in text and [e["step"] for e in summary["evals"]] == [0, 2, 3]
+    assert summary["evals"][1] == pytest.approx(_score_afresh(base, held_out, summary["config"]["pet_config"],
+                                                              os.path.join(out, "checkpoint", "tiny_step000002.ckpt"),
+                                                              step=2), rel=1e-5)
+
+
+def _score_afresh(base, data, pet_config, adapter, step):
+    """evaluate() of a new network: base weights + pet_config + the adapter file."""
+    from mindpet_lite.adapters import load_adapter
+    from mindpet_lite.data import create_dataset
+    from mindpet_lite.models import LlamaConfig, LlamaForCausalLM
+    from mindpet_lite.pet import get_pet_model
+    from mindpet_lite.train.trainer import evaluate, load_base_checkpoint
+    net = LlamaForCausalLM(LlamaConfig.from_dict(tiny.MODEL))
+    load_base_checkpoint(net, base)
+    get_pet_model(net, pet_config)
+    load_adapter(net, adapter)
+    metrics = evaluate(net, create_dataset(data, 4, seq_length=tiny.MODEL["seq_length"], shuffle=False,
+                                           drop_remainder=False))
+    return dict(metrics, step=step)
 
 
 def test_resume_equals_uninterrupted_run(tiny_assets, tmp_path, capsys):
@@ -113,6 +135,23 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_assets, tmp_path):
     assert main(tiny.flags(base, train, acc, "--max_steps", "2", "--batch_size", "2",
                            "--gradient_accumulation_steps", "2", "--recompute_config.recompute", "True")) == 0
     assert _max_diff(_adapter(os.path.join(one, "adapter.ckpt")), _adapter(os.path.join(acc, "adapter.ckpt"))) <= 1e-5
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"do_eval": True}, "do_eval is True but eval_dataset.data_loader.dataset_dir is not set"),
+    ({"do_eval": True, "eval_step_interval": -1, "eval_epoch_interval": 0,
+      "eval_dataset": {"data_loader": {"dataset_dir": "x.mindrecord"}}}, "both <= 0"),
+    ({"do_eval": "yes"}, "do_eval must be a bool, got 'yes'"),
+])
+def test_do_eval_settings_are_checked(changes, words):
+    import yaml
+    from mindpet_lite.train.run_config import RunConfig
+    with open(tiny.TINY_YAML, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    data.pop("eval_dataset", None)
+    data.update(changes)
+    with pytest.raises((ValueError, TypeError), match=words):
+        RunConfig.from_dict(data)
 
 
 def test_dynamic_loss_scale_runs(tiny_assets, tmp_path):
