@@ -136,17 +136,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small shape, fewer repetitions")
     parser.add_argument("--breakdown", action="store_true", help="also profile one fwd+bwd per form")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only-large", action="store_true", help="only the [4096,4096] shape")
+    parser.add_argument("--large-rounds", type=int, default=10, help="interleaved rounds at [4096,4096]")
     args = parser.parse_args()
     ms = C.setup(args.threads)
     variants = ["dense", "lora", "lora-branch", "mindpet", "merged"]
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.only_large:
+        shapes = [s for s in SHAPES if s[1] * s[2] > 4e6]
     print(f"mindspore {ms.__version__}, GRAPH_MODE, CPU, {args.threads} threads, float32, frozen weight, no bias")
 
     summary = []
     for n, n_in, n_out in shapes:
         for rank in RANKS:
             big = n_in * n_out > 4e6
-            reps = (4 if args.quick else 10) if big else (10 if args.quick else 60)
+            reps = (4 if args.quick else args.large_rounds) if big else (10 if args.quick else 60)
             wall, cpu = run_shape(ms, n, n_in, n_out, rank, variants, reps=reps, warmup=2 if big else 3)
             label = f"x[{n},{n_in}]->{n_out} r={rank}"
             rows = []
