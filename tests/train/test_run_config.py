@@ -76,7 +76,7 @@ def test_tiny_cpu_config():
     assert cfg.train_dataset.dataset_dir.endswith("task_train.mindrecord")
     assert cfg.eval_dataset is not None and cfg.eval_dataset.dataset_dir.endswith("task_eval.mindrecord")
     assert cfg.log_every == 50 and cfg.save_checkpoint_steps == 250 and cfg.keep_checkpoint_max == 2
-    assert cfg.epochs == 8 and cfg.lr_schedule.learning_rate == 2e-3 and cfg.pet_config.lora_rank == 4
+    assert cfg.epochs == 24 and cfg.lr_schedule.learning_rate == 2e-3 and cfg.pet_config.lora_rank == 4
 
 
 @pytest.mark.parametrize("path, key, hint", [
