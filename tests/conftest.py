@@ -4,6 +4,7 @@ Tests run from a temporary directory so that nothing (MindFormers' ./output/log,
 kernel_meta, ...) is written into the repository; use REPO for paths inside the repository.
 """
 import os
+import shutil
 import tempfile
 
 import mindspore as ms
@@ -20,11 +21,15 @@ def pytest_configure(config):
     """Move to a scratch directory before collection: a test module that imports mindformers at
     import time would otherwise write ./output/log into the repository."""
     config._mindpet_lite_old_cwd = os.getcwd()  # pylint: disable=protected-access
-    os.chdir(tempfile.mkdtemp(prefix="mindpet_lite_tests_"))
+    config._mindpet_lite_scratch = tempfile.mkdtemp(prefix="mindpet_lite_tests_")  # pylint: disable=protected-access
+    os.chdir(config._mindpet_lite_scratch)  # pylint: disable=protected-access
 
 
 def pytest_unconfigure(config):
     os.chdir(getattr(config, "_mindpet_lite_old_cwd", os.getcwd()))
+    scratch = getattr(config, "_mindpet_lite_scratch", None)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(params=[GRAPH, PYNATIVE], ids=["graph", "pynative"])
