@@ -112,18 +112,16 @@ class ProgressLogger:
 
 class PeriodicEval:
     """Every ``every`` optimizer steps (rank 0, not at the last step, which the runner scores anyway):
-    ``evaluate_fn()`` -> metrics, logged and appended to ``state.evals`` (plotted with the loss)."""
+    ``score_fn(label)``, which evaluates, logs and appends to ``state.evals`` (plotted with the loss)."""
 
-    def __init__(self, evaluate_fn, every):
-        self.evaluate_fn = evaluate_fn
+    def __init__(self, score_fn, every):
+        self.score_fn = score_fn
         self.every = every
 
     def on_step_end(self, state):
         if state.rank_id != 0 or state.step % self.every or state.step >= state.stop_step:
             return
-        metrics = dict(self.evaluate_fn(), step=state.step)
-        state.evals.append(metrics)
-        say(eval_line(f"eval at step {state.step}", metrics))
+        self.score_fn(f"eval at step {state.step}")
 
 
 class LossHistory:

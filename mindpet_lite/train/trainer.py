@@ -699,25 +699,26 @@ def finetune(run_config):
     callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir, plot=eval_data is None),
                  cb.AdapterCheckpoint(ckpt_dir, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
                                       cfg.checkpoint_prefix, cfg.checkpoint_format)]
+
+    def score(label):
+        """Score the held-out data now: tagged with the step, kept in state.evals, printed."""
+        metrics = dict(evaluate(net, eval_data, _ignore_index(cfg)), step=trainer.step)
+        state.evals.append(metrics)
+        cb.say(cb.eval_line(label, metrics))
+        return metrics
+
     every = _eval_every(cfg, steps_in_data // cfg.epochs)
     if eval_data is not None and every:
-        callbacks.append(cb.PeriodicEval(lambda: evaluate(net, eval_data, _ignore_index(cfg)), every))
+        callbacks.append(cb.PeriodicEval(score, every))
 
     # 4. held-out score before, train, held-out score after
     if eval_data is not None:
-        before = evaluate(net, eval_data, _ignore_index(cfg))
-        before["step"] = trainer.step
-        state.evals.append(before)
-        cb.say(cb.eval_line("held-out before" if trainer.step == 0 else f"held-out at step {trainer.step}",
-                            before))
+        score("held-out before" if trainer.step == 0 else f"held-out at step {trainer.step}")
     os.makedirs(cfg.output_dir, exist_ok=True)
     trainer.fit(train_data, state, callbacks, stop_step=stop)
     after = None
     if eval_data is not None:
-        after = evaluate(net, eval_data, _ignore_index(cfg))
-        after["step"] = trainer.step
-        state.evals.append(after)
-        cb.say(cb.eval_line("held-out after ", after))
+        after = score("held-out after ")
         if rank_id == 0:
             cb.plot_loss(callbacks[1].png_path, state.history, state.evals)
 
