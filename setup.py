@@ -5,7 +5,7 @@ import re
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "mindpet_lite", "__init__.py"), encoding="utf-8") as f:
+with open(os.path.join(HERE, "mindpet_lite", "_version.py"), encoding="utf-8") as f:
     VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(

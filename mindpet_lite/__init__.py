@@ -1,6 +1,5 @@
 """mindpet_lite: a small, checked LoRA toolkit for MindSpore, a drop-in for MindPet."""
-__version__ = "0.1.0"
-
+from mindpet_lite._version import __version__
 from mindpet_lite.delta.lora import LoRADense
 from mindpet_lite.graph.freeze import (
     freeze_delta,

@@ -131,3 +131,10 @@ def load_yaml_mapping(path, what):
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a mapping, got {describe(data)}")
     return data
+
+
+def short_list(names, limit=12):
+    """Sorted names joined for a message, the first `limit` of them and a count of the rest."""
+    names = sorted(names)
+    more = f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

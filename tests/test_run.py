@@ -46,7 +46,7 @@ def test_finetune_subcommand_and_run_module_agree(tmp_path, capsys):
                                              "--options", "lr_schedule.learning_rate=5e-3")]) == 0
     assert run_main(tiny.flags(base, data, b, "--max_steps", "2", "--lr_schedule.learning_rate", "5e-3")) == 0
     assert "step 2/8" in capsys.readouterr().out
-    from mindpet_lite.adapters.io import read_checkpoint
+    from mindpet_lite._files import read_checkpoint
     x, y = (read_checkpoint(os.path.join(d, "adapter.ckpt"))[0] for d in (a, b))
     assert sorted(x) == sorted(y) and all(np.allclose(x[k], y[k], rtol=0, atol=1e-6) for k in x)
     with open(os.path.join(a, "summary.json"), encoding="utf-8") as f:

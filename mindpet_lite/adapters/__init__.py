@@ -1,13 +1,7 @@
 """Adapter files: save / load / read, merge into base weights, HF PEFT exchange, HF Llama conversion."""
 from mindpet_lite.adapters.convert import hf_to_mindspore, mindspore_to_hf
-from mindpet_lite.adapters.io import (
-    base_fingerprint,
-    gather_sharded_adapter,
-    load_adapter,
-    pet_config_from_metadata,
-    read_adapter,
-    save_adapter,
-)
+from mindpet_lite.adapters.io import gather_sharded_adapter, load_adapter, read_adapter, save_adapter
+from mindpet_lite.adapters.metadata import adapter_scaling, base_fingerprint, lora_config, pet_config_from_metadata
 from mindpet_lite.adapters.merge import (
     merge_adapter,
     merge_checkpoint,
@@ -24,6 +18,8 @@ __all__ = [
     "gather_sharded_adapter",
     "base_fingerprint",
     "pet_config_from_metadata",
+    "lora_config",
+    "adapter_scaling",
     "merge_adapter",
     "merge_weights",
     "merge_checkpoint",

@@ -3,19 +3,8 @@
 The built-in Llama (``models/llama.py``) uses MindFormers' parameter names and Hugging Face's
 "rotate_half" rotary layout (cos/sin tables of the half frequencies concatenated with themselves,
 ``q' = q*cos + rotate_half(q)*sin``). Hugging Face's ``LlamaForCausalLM`` computes rotary embeddings
-the same way, so the q/k projection rows need **no permutation**: conversion is renaming only::
-
-    model.embed_tokens.weight                   <-> model.tok_embeddings.embedding_weight
-    model.layers.N.self_attn.{q,k,v,o}_proj.weight <-> model.layers.N.attention.w{q,k,v,o}.weight
-    model.layers.N.mlp.gate_proj.weight         <-> model.layers.N.feed_forward.w1.weight
-    model.layers.N.mlp.down_proj.weight         <-> model.layers.N.feed_forward.w2.weight
-    model.layers.N.mlp.up_proj.weight           <-> model.layers.N.feed_forward.w3.weight
-    model.layers.N.input_layernorm.weight       <-> model.layers.N.attention_norm.weight
-    model.layers.N.post_attention_layernorm.weight <-> model.layers.N.ffn_norm.weight
-    model.norm.weight                           <-> model.norm_out.weight
-    lm_head.weight                              <-> lm_head.weight
-
-Both store Linear/Dense weights as ``[out, in]``, so no transpose either.
+the same way, so the q/k projection rows need **no permutation**, and both store Linear/Dense weights
+as ``[out, in]``: conversion is renaming only (the table is in ``adapters/names.py``).
 ``tests/adapters/test_interop.py`` proves it numerically: a Hugging Face model built from the converted
 weights gives the built-in model's logits (max abs diff ~1e-6 in float32). Meta's original
 checkpoints (interleaved rotary pairs) are not Hugging Face checkpoints and are not handled here.
@@ -23,85 +12,13 @@ checkpoints (interleaved rotary pairs) are not Hugging Face checkpoints and are 
 import json
 import logging
 import os
-import re
 
-from mindpet_lite import _checks
-from mindpet_lite.adapters import io as _io
+from mindpet_lite import _checks, _files
+from mindpet_lite.adapters.names import HF_SKIP, hf_name_to_mindspore, mindspore_name_to_hf
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hf_to_mindspore", "mindspore_to_hf", "hf_name_to_mindspore", "mindspore_name_to_hf",
-           "hf_module_to_mindspore", "mindspore_module_to_hf", "hf_config_to_llama", "llama_config_to_hf"]
-
-# module paths inside model.layers.N: (Hugging Face, built-in)
-_LAYER_MODULES = (
-    ("self_attn.q_proj", "attention.wq"),
-    ("self_attn.k_proj", "attention.wk"),
-    ("self_attn.v_proj", "attention.wv"),
-    ("self_attn.o_proj", "attention.wo"),
-    ("mlp.gate_proj", "feed_forward.w1"),
-    ("mlp.down_proj", "feed_forward.w2"),
-    ("mlp.up_proj", "feed_forward.w3"),
-    ("input_layernorm", "attention_norm"),
-    ("post_attention_layernorm", "ffn_norm"),
-)
-_TOP_MODULES = (("model.embed_tokens", "model.tok_embeddings"), ("model.norm", "model.norm_out"),
-                ("lm_head", "lm_head"))
-# parameter leaf names that differ (module path -> (hf leaf, built-in leaf))
-_LEAF = {("model.embed_tokens", "model.tok_embeddings"): ("weight", "embedding_weight")}
-# Hugging Face buffers that some checkpoints carry and the built-in model computes itself
-_HF_SKIP = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-
-HF_LEAF_NAMES = {hf.split(".")[-1]: ms.split(".")[-1] for hf, ms in _LAYER_MODULES}  # q_proj -> wq ...
-
-
-def _map_module(path, forward):
-    """Map a module path from HF to built-in (forward) or back; None when it is not a Llama module."""
-    src, dst = (0, 1) if forward else (1, 0)
-    match = _LAYER_RE.match(path)
-    if match:
-        for pair in _LAYER_MODULES:
-            if match.group(2) == pair[src]:
-                return f"model.layers.{match.group(1)}.{pair[dst]}"
-        return None
-    for pair in _TOP_MODULES:
-        if path == pair[src]:
-            return pair[dst]
-    return None
-
-
-def hf_module_to_mindspore(path):
-    """``model.layers.0.self_attn.q_proj`` -> ``model.layers.0.attention.wq`` (None if unknown)."""
-    return _map_module(path, True)
-
-
-def mindspore_module_to_hf(path):
-    """``model.layers.0.attention.wq`` -> ``model.layers.0.self_attn.q_proj`` (None if unknown)."""
-    return _map_module(path, False)
-
-
-def _map_param(name, forward):
-    module, _, leaf = name.rpartition(".")
-    mapped = _map_module(module, forward)
-    if mapped is None:
-        return None
-    pair = (module, mapped) if forward else (mapped, module)
-    hf_leaf, ms_leaf = _LEAF.get(pair, ("weight", "weight"))
-    if leaf != (hf_leaf if forward else ms_leaf):
-        return None
-    return f"{mapped}.{ms_leaf if forward else hf_leaf}"
-
-
-def hf_name_to_mindspore(name):
-    """A Hugging Face Llama parameter name -> the built-in Llama's, or None when it has none."""
-    return _map_param(name, True)
-
-
-def mindspore_name_to_hf(name):
-    """A built-in Llama parameter name -> Hugging Face's, or None when it has none."""
-    return _map_param(name, False)
-
+__all__ = ["hf_to_mindspore", "mindspore_to_hf", "hf_config_to_llama", "llama_config_to_hf"]
 
 # ------------------------------------------------------------------------------------------------
 # configs
@@ -219,15 +136,15 @@ def hf_to_mindspore(src, out=None, format=None):
             duplicated key across shards, a non-Llama config.json.
     """
     if out is not None:
-        _io.check_output_path(out, format)
+        _files.check_output_path(out, format)
     files, config = _hf_files(src)
     if config is not None:
         hf_config_to_llama(config)  # refuses what the built-in Llama cannot compute
     tensors, unknown, skipped = {}, [], []
     for path in files:
-        part, _ = _io.read_checkpoint(path)
+        part, _ = _files.read_checkpoint(path)
         for name, array in part.items():
-            if _HF_SKIP.search(name):
+            if HF_SKIP.search(name):
                 skipped.append(name)
                 continue
             new = hf_name_to_mindspore(name)
@@ -245,7 +162,7 @@ def hf_to_mindspore(src, out=None, format=None):
     if skipped:
         logger.info("hf_to_mindspore: skipped %d rotary buffers", len(skipped))
     if out is not None:
-        _io.write_checkpoint(tensors, out, format=format)
+        _files.write_checkpoint(tensors, out, format=format)
         logger.info("hf_to_mindspore: %d tensors from %s -> %s", len(tensors), src, out)
     return tensors
 
@@ -273,7 +190,7 @@ def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None):
     if max_shard_size is not None:
         _checks.check_positive_int("max_shard_size", max_shard_size)
     hf_config = llama_config_to_hf(config) if config is not None else None
-    tensors = _io.read_checkpoint(src)[0] if isinstance(src, str) else _io.to_numpy_dict(src, "src")
+    tensors = _files.read_checkpoint(src)[0] if isinstance(src, str) else _files.to_numpy_dict(src, "src")
     out, unknown = {}, []
     for name, array in tensors.items():
         new = mindspore_name_to_hf(name)
@@ -309,19 +226,18 @@ def _write_hf_dir(tensors, out_dir, hf_config, max_shard_size):
     shards.append(current)
     st_meta = {"format": "pt"}
     if len(shards) == 1:
-        _io.write_checkpoint(tensors, os.path.join(out_dir, "model.safetensors"), "safetensors",
-                             raw_metadata=st_meta)
+        _files.write_checkpoint(tensors, os.path.join(out_dir, "model.safetensors"), "safetensors", text=st_meta)
     else:
         weight_map = {}
         total = len(shards)
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{total:05d}.safetensors"
-            _io.write_checkpoint({n: tensors[n] for n in shard}, os.path.join(out_dir, fname), "safetensors",
-                                 raw_metadata=st_meta)
+            _files.write_checkpoint({n: tensors[n] for n in shard}, os.path.join(out_dir, fname), "safetensors",
+                                    text=st_meta)
             weight_map.update({n: fname for n in shard})
         index = {"metadata": {"total_size": int(sum(t.nbytes for t in tensors.values()))},
                  "weight_map": weight_map}
-        _io.write_json(os.path.join(out_dir, "model.safetensors.index.json"), index)
+        _files.write_json(os.path.join(out_dir, "model.safetensors.index.json"), index)
     if hf_config is not None:
-        _io.write_json(os.path.join(out_dir, "config.json"), hf_config)
+        _files.write_json(os.path.join(out_dir, "config.json"), hf_config)
     logger.info("mindspore_to_hf: %d tensors -> %s (%d file(s))", len(tensors), out_dir, len(shards))

@@ -21,9 +21,12 @@ import math
 import numpy as np
 from mindspore import Tensor, nn
 
-from mindpet_lite import _checks
-from mindpet_lite.adapters import io as _io
-from mindpet_lite.graph.freeze import LORA_PARAM_MARK
+from mindpet_lite import _checks, _files
+from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters.io import load_adapter, read_adapter
+from mindpet_lite.adapters.names import is_lora_name, is_state_key, resolve_names, split_lora_pairs
+from mindpet_lite.delta.lora import lora_scaling
+from mindpet_lite.graph.freeze import lora_cells
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +47,19 @@ def _check_scaling(scaling):
 def _as_adapter(adapter):
     """(tensors, metadata) from a path, a (tensors, metadata) pair or a plain dict of tensors."""
     if isinstance(adapter, str):
-        return _io.read_adapter(adapter)
+        return read_adapter(adapter)
     if isinstance(adapter, tuple) and len(adapter) == 2 and isinstance(adapter[1], dict):
-        return _io.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1])
+        return _files.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1])
     if isinstance(adapter, dict):
-        return _io.to_numpy_dict(adapter, "adapter"), {}
+        return _files.to_numpy_dict(adapter, "adapter"), {}
     raise TypeError("adapter must be a file path, a (tensors, metadata) pair or a dict of tensors, "
                     f"got {_checks.describe(adapter)}")
 
 
 def _as_base(base):
     if isinstance(base, str):
-        return _io.read_checkpoint(base)[0]
-    return _io.to_numpy_dict(base, "base")
+        return _files.read_checkpoint(base)[0]
+    return _files.to_numpy_dict(base, "base")
 
 
 def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
@@ -67,12 +70,13 @@ def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
     if lora_alpha is not None:
         _checks.check_lora_alpha("lora_alpha", lora_alpha)
         _checks.check_bool("use_rslora", use_rslora)
-        return lambda rank: lora_alpha / (math.sqrt(rank) if use_rslora else rank)
-    s = _io.adapter_scaling(meta)
+        return lambda rank: lora_scaling(lora_alpha, rank, use_rslora)
+    s = _meta.adapter_scaling(meta)
     if s is None:
         raise ValueError("the adapter carries no metadata giving its scaling (MindFormers / mcore files hold no "
                          "lora_alpha): pass scaling= (lora_alpha / lora_rank) explicitly")
-    cfg_rank = ((meta or {}).get("pet_config") or {}).get("lora_rank")
+    config = _meta.lora_config(meta)
+    cfg_rank = config.lora_rank if config is not None else None
 
     def from_meta(rank):
         if cfg_rank is not None and rank != cfg_rank:
@@ -135,24 +139,25 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
     """
     weights = _as_base(base)
     tensors, meta = _as_adapter(adapter)
-    pairs, extras = _io.split_lora_pairs(tensors)
+    pairs, extras = split_lora_pairs(tensors)
     if not pairs and not extras:
         raise ValueError("the adapter holds no LoRA pairs and no other tensors")
     scale = _scale_for(meta, scaling, lora_alpha, use_rslora) if pairs else None
     if unmerge and extras:
-        raise ValueError(f"cannot unmerge: the adapter carries full trained weights ({_io.short_list(extras)}) "
+        raise ValueError(f"cannot unmerge: the adapter carries full trained weights ({_checks.short_list(extras)}) "
                          "whose base values are not in it")
 
     wanted = {f"{module}.weight": module for module in pairs}
-    mapping, unexpected, ambiguous = _io.resolve_names(wanted, weights)
+    mapping, unexpected, ambiguous = resolve_names(wanted, weights)
     if ambiguous:
         raise ValueError(f"adapter pairs match base keys ambiguously: {sorted(ambiguous.items())[:4]}")
     if unexpected:
         raise ValueError(f"base checkpoint has no weight for {len(unexpected)} adapter pairs: "
-                         f"{_io.short_list(unexpected)}")
-    extra_map, extra_missing, extra_amb = _io.resolve_names(extras, weights)
+                         f"{_checks.short_list(unexpected)}")
+    extra_map, extra_missing, extra_amb = resolve_names(extras, weights)
     if extra_missing or extra_amb:
-        raise ValueError(f"base checkpoint has no entry for adapter tensors: {_io.short_list(list(extra_missing) + list(extra_amb))}")
+        raise ValueError("base checkpoint has no entry for adapter tensors: "
+                         f"{_checks.short_list(list(extra_missing) + list(extra_amb))}")
 
     plan = {}
     for key, base_key in mapping.items():
@@ -183,10 +188,10 @@ def merge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout=
     """:func:`merge_weights`, then write ``out`` (.ckpt / .safetensors, atomically) if given.
     Returns the merged ``{name: numpy array}``."""
     if out is not None:
-        _io.check_output_path(out, format)
+        _files.check_output_path(out, format)
     merged = merge_weights(base, adapter, scaling, layout, unmerge, lora_alpha, use_rslora)
     if out is not None:
-        _io.write_checkpoint(merged, out, format)
+        _files.write_checkpoint(merged, out, format)
     return merged
 
 
@@ -204,17 +209,17 @@ def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=N
     or ``lora_alpha`` (and ``use_rslora``) to take s = alpha / r with r from the shapes.
     """
     if out is not None:
-        _io.check_output_path(out, format)
+        _files.check_output_path(out, format)
     tensors = _as_base(src)
-    lora = {k: v for k, v in tensors.items() if LORA_PARAM_MARK in _io.normalize_name(k) and not _io.is_state_key(k)}
+    lora = {k: v for k, v in tensors.items() if is_lora_name(k) and not is_state_key(k)}
     if not lora:
         raise ValueError(f"{src if isinstance(src, str) else 'src'} holds no LoRA weights (mindpet_delta_lora_a/_b)")
-    base = {k: v for k, v in tensors.items() if k not in lora and not _io.is_state_key(k)}
+    base = {k: v for k, v in tensors.items() if k not in lora and not is_state_key(k)}
     if scaling is None and lora_alpha is None:
         raise ValueError("a MindFormers LoRA checkpoint carries no lora_alpha: pass scaling= or lora_alpha=")
     merged = merge_weights(base, (lora, {}), scaling, layout, False, lora_alpha, use_rslora)
     if out is not None:
-        _io.write_checkpoint(merged, out, format)
+        _files.write_checkpoint(merged, out, format)
     return merged
 
 
@@ -230,13 +235,13 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
     """
     if isinstance(net_or_base, nn.Cell):
         net = net_or_base
-        cells = _io.lora_cells(net)
+        cells = lora_cells(net)
         if cells:
             if scaling is not None:
                 raise ValueError("scaling cannot be overridden when merging LoRA cells (each has its own); "
                                  "merge the checkpoint instead")
             if adapter is not None:
-                _io.load_adapter(net, adapter, strict=strict)
+                load_adapter(net, adapter, strict=strict)
             for cell in cells.values():
                 cell.merge()
             logger.info("merge_adapter: merged %d LoRA cells", len(cells))
@@ -244,7 +249,7 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
         if adapter is None:
             raise ValueError("the network has no LoRA cells: give the adapter to merge into it")
         params = dict(net.parameters_and_names())
-        base = {name: _io.to_numpy(p) for name, p in params.items()}
+        base = {name: _files.to_numpy(p) for name, p in params.items()}
         merged = merge_weights(base, adapter, scaling, layout)
         changed = [n for n in params if merged[n] is not base[n]]
         for name in changed:

@@ -4,7 +4,7 @@ A PEFT LoRA directory holds ``adapter_config.json`` and ``adapter_model.safetens
 ``base_model.model.<HF module>.lora_A.weight`` ([r, in]) and ``.lora_B.weight`` ([out, r]): the same
 orientation as ``mindpet_delta_lora_a`` / ``_b``, so weights are copied as they are and only the module
 paths are renamed (``attention.wq`` <-> ``self_attn.q_proj``, ``feed_forward.w1`` <-> ``mlp.gate_proj``,
-``w2`` <-> ``down_proj``, ``w3`` <-> ``up_proj``, ...; see ``convert.py``). PEFT computes
+``w2`` <-> ``down_proj``, ``w3`` <-> ``up_proj``, ...; see ``names.py``). PEFT computes
 ``W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``use_rslora``), as LoRADense does.
 
 Parameters the adapter left fully trainable (``freeze_exclude``) are exported as PEFT
@@ -20,10 +20,11 @@ import re
 
 import numpy as np
 
-from mindpet_lite import _checks
-from mindpet_lite.adapters import convert
-from mindpet_lite.adapters import io as _io
+from mindpet_lite import _checks, _files
+from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters import names
 from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.pet.config import LoraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ __all__ = ["export_peft", "import_peft", "read_peft_adapter"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
+_PREFIX = names.PEFT_PREFIX
 
 # adapter_config.json keys whose non-default value changes the math in a way we cannot represent
 _REFUSED = {
@@ -50,37 +51,26 @@ _REFUSED = {
 }
 
 
-def _map_suffix(name, mapper):
-    """`mapper` of the longest dotted suffix of `name` it knows (allows a leading prefix such as
-    ``network.``); None if it knows none."""
-    parts = name.split(".")
-    for i in range(len(parts)):
-        mapped = mapper(".".join(parts[i:]))
-        if mapped is not None:
-            return mapped
-    return None
-
-
 def _hf_module(module):
     """HF module path of one of ours; None if not Llama."""
-    return _map_suffix(module, convert.mindspore_module_to_hf)
+    return names.map_suffix(module, names.mindspore_module_to_hf)
 
 
 def _hf_param(name):
-    return _map_suffix(name, convert.mindspore_name_to_hf)
+    return names.map_suffix(name, names.mindspore_name_to_hf)
 
 
-def _target_modules(hf_modules, meta_cfg):
+def _target_modules(hf_modules, lora_config):
     """PEFT target_modules: the leaf names when every adapted layer has the same set, else an exact regex."""
     per_layer, others = {}, set()
     for path in hf_modules:
-        match = re.match(r"^model\.layers\.(\d+)\.(.+)$", path)
+        match = names.LAYER_RE.match(path)
         if match:
             per_layer.setdefault(match.group(1), set()).add(match.group(2).rsplit(".", 1)[-1])
         else:
             others.add(path)
     leaf_sets = {frozenset(s) for s in per_layer.values()}
-    uniform = len(leaf_sets) <= 1 and not (meta_cfg or {}).get("exclude_layers")
+    uniform = len(leaf_sets) <= 1 and not (lora_config is not None and lora_config.exclude_layers)
     if uniform and all(p == "lm_head" for p in others):
         leaves = set().union(*leaf_sets) if leaf_sets else set()
         return sorted(leaves | others)
@@ -108,27 +98,31 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"out_dir must be a directory, got a file: {out_dir}")
     if isinstance(adapter, str):
-        tensors, meta = _io.read_adapter(adapter)
+        tensors, meta = _meta.read_adapter_file(adapter)
     elif isinstance(adapter, tuple) and len(adapter) == 2:
-        tensors, meta = _io.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1] or {})
+        tensors, meta = _files.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1] or {})
     else:
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
-    cfg = dict(meta.get("pet_config") or {})
-    pairs, extras = _io.split_lora_pairs(tensors)
+    lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
+    pairs, extras = names.split_lora_pairs(tensors)
     if not pairs:
         raise ValueError("the adapter holds no LoRA pairs to export")
     ranks = {a.shape[0] for a, _ in pairs.values()}
     if len(ranks) != 1:
         raise ValueError(f"the LoRA pairs have different ranks {sorted(ranks)}: PEFT rank_pattern is not written")
     rank = ranks.pop()
-    if cfg.get("lora_rank") not in (None, rank):
-        raise ValueError(f"the adapter's metadata says lora_rank={cfg['lora_rank']} but its weights have rank {rank}")
-    alpha = lora_alpha if lora_alpha is not None else cfg.get("lora_alpha")
+    if lora_config is not None and lora_config.lora_rank != rank:
+        raise ValueError(f"the adapter's metadata says lora_rank={lora_config.lora_rank} but its weights have "
+                         f"rank {rank}")
+    alpha = lora_alpha if lora_alpha is not None else getattr(lora_config, "lora_alpha", None)
     if alpha is None:
         raise ValueError("the adapter carries no lora_alpha (no metadata): pass lora_alpha= "
                          "(and use_rslora=) to export it")
     _checks.check_lora_alpha("lora_alpha", alpha)
-    rslora = bool(cfg.get("use_rslora", False)) if use_rslora is None else _checks.check_bool("use_rslora", use_rslora)
+    if use_rslora is None:
+        rslora = lora_config.use_rslora if lora_config is not None else False
+    else:
+        rslora = _checks.check_bool("use_rslora", use_rslora)
 
     out, unknown, hf_modules = {}, [], []
     for module, (a, b) in sorted(pairs.items()):
@@ -149,19 +143,19 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         to_save.append(hf.rsplit(".", 1)[0])
     if unknown:
         raise ValueError(f"{len(unknown)} adapter entries have no Hugging Face Llama counterpart: "
-                         f"{_io.short_list(unknown)}")
-    dropout = float(cfg.get("lora_dropout") or 0.0)
+                         f"{_checks.short_list(unknown)}")
+    dropout = lora_config.lora_dropout if lora_config is not None else 0.0
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(rank), "lora_alpha": alpha,
-        "use_rslora": rslora, "target_modules": _target_modules(hf_modules, cfg), "lora_dropout": dropout,
+        "use_rslora": rslora, "target_modules": _target_modules(hf_modules, lora_config), "lora_dropout": dropout,
         "bias": "none", "base_model_name_or_path": base_model_name_or_path, "fan_in_fan_out": False,
         "modules_to_save": to_save or None, "init_lora_weights": True, "inference_mode": True,
         "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "layers_to_transform": None,
         "layers_pattern": None, "revision": None,
     }
     os.makedirs(out_dir, exist_ok=True)
-    _io.write_checkpoint(out, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", raw_metadata={"format": "pt"})
-    _io.write_json(os.path.join(out_dir, CONFIG_NAME), config)
+    _files.write_checkpoint(out, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", text={"format": "pt"})
+    _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
 
@@ -211,7 +205,7 @@ def read_peft_adapter(peft_dir):
             raise ValueError(f"{peft_dir}: only {WEIGHTS_NAME} is read (found adapter_model.bin; save with "
                              "safe_serialization=True)")
         raise FileNotFoundError(f"{peft_dir}: no {WEIGHTS_NAME}")
-    raw, _ = _io.read_checkpoint(weights)
+    raw, _ = _files.read_checkpoint(weights)
     tensors, unknown, leaves = {}, [], set()
     rank = config["r"]
     for key, array in raw.items():
@@ -222,7 +216,7 @@ def read_peft_adapter(peft_dir):
         name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
         match = re.match(r"^(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
         if match:
-            module = convert.hf_module_to_mindspore(match.group(1))
+            module = names.hf_module_to_mindspore(match.group(1))
             if module is None:
                 unknown.append(key)
                 continue
@@ -234,25 +228,22 @@ def read_peft_adapter(peft_dir):
             tensors[f"{module}.{which}"] = array
             leaves.add(module.rsplit(".", 1)[-1])
         else:
-            ours = convert.hf_name_to_mindspore(name.replace(".modules_to_save.default.", "."))
+            ours = names.hf_name_to_mindspore(name.replace(".modules_to_save.default.", "."))
             if ours is None:
                 unknown.append(key)
                 continue
             tensors[ours] = array
     if unknown:
-        raise ValueError(f"{weights}: {len(unknown)} keys have no built-in Llama counterpart: {_io.short_list(unknown)}")
+        raise ValueError(f"{weights}: {len(unknown)} keys have no built-in Llama counterpart: {_checks.short_list(unknown)}")
     if not any(k.endswith(LORA_A) for k in tensors):
         raise ValueError(f"{weights} holds no LoRA weights")
-    _io.split_lora_pairs(tensors)  # every A has its B
-    pet_config = {
-        "pet_type": "lora", "lora_rank": int(rank), "lora_alpha": config["lora_alpha"],
-        "lora_dropout": float(config.get("lora_dropout") or 0.0), "use_rslora": bool(config.get("use_rslora", False)),
-        "target_modules": "|".join(f".*{leaf}" for leaf in sorted(leaves)),
-    }
-    meta = {"format_version": _io.FORMAT_VERSION, "kind": "lora_adapter", "toolkit": "mindpet_lite",
-            "toolkit_version": _io.toolkit_version(), "source": "peft", "pet_config": pet_config,
-            "scaling": _io.adapter_scaling({"pet_config": pet_config}), "base_fingerprint": None,
-            "peft_config": {k: v for k, v in config.items() if _jsonable(v)}}
+    names.split_lora_pairs(tensors)  # every A has its B
+    lora_config = LoraConfig(lora_rank=int(rank), lora_alpha=config["lora_alpha"],
+                             lora_dropout=float(config.get("lora_dropout") or 0.0),
+                             use_rslora=bool(config.get("use_rslora", False)),
+                             target_modules="|".join(f".*{leaf}" for leaf in sorted(leaves)))
+    meta = _meta.build_metadata(lora_config, None, source="peft",
+                                peft_config={k: v for k, v in config.items() if _jsonable(v)})
     return tensors, meta
 
 
@@ -268,9 +259,9 @@ def import_peft(peft_dir, out=None, format=None):  # pylint: disable=redefined-b
     """Convert a PEFT LoRA directory to an adapter file (``out``, .ckpt / .safetensors) that
     :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``."""
     if out is not None:
-        _io.check_output_path(out, format)
+        _files.check_output_path(out, format)
     tensors, meta = read_peft_adapter(peft_dir)
     if out is not None:
-        _io.write_checkpoint({k: np.asarray(v) for k, v in tensors.items()}, out, format, metadata=meta)
+        _meta.write_adapter_file({k: np.asarray(v) for k, v in tensors.items()}, out, meta, format)
         logger.info("import_peft: %s -> %s (%d tensors)", peft_dir, out, len(tensors))
     return tensors, meta

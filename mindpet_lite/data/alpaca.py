@@ -15,13 +15,13 @@ response; an example whose prompt leaves no room for a single response token is 
 import json
 import logging
 import os
-import shutil
 import string
-import tempfile
 
 import numpy as np
+from mindspore.mindrecord import FileWriter
 
 from mindpet_lite._checks import check_bool, check_positive_int, describe
+from mindpet_lite._files import atomic_write
 from mindpet_lite.data.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -123,20 +123,9 @@ def _build_row(prompt_ids, response_ids, length, pad_id):
 
 
 def _write_mindrecord(dst, rows, length):
-    """Write rows into a temporary folder next to dst, then move dst and dst.db into place.
-
-    MindRecord stores the data file's base name in its header and index, so the temporary files keep
-    dst's base name inside a temporary folder instead of taking a temporary name.
-    """
-    from mindspore.mindrecord import FileWriter  # pylint: disable=import-outside-toplevel
-
-    parent = os.path.dirname(os.path.abspath(dst))
-    base = os.path.basename(dst)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    moved = False
-    try:
-        tmp_path = os.path.join(tmp_dir, base)
-        writer = FileWriter(tmp_path, shard_num=1, overwrite=True)
+    """Write rows to ``dst`` and its ``dst.db`` index, both or neither (``_files.atomic_write``)."""
+    with atomic_write(dst, companions=(".db",)) as tmp:
+        writer = FileWriter(tmp, shard_num=1, overwrite=True)
         schema = {"input_ids": {"type": "int32", "shape": [length]},
                   "labels": {"type": "int32", "shape": [length]}}
         writer.add_schema(schema, _SCHEMA_DESC)
@@ -144,17 +133,6 @@ def _write_mindrecord(dst, rows, length):
             chunk = rows[start:start + _WRITE_CHUNK]
             writer.write_raw_data([{"input_ids": ids, "labels": lab} for ids, lab in chunk])
         writer.commit()
-        os.replace(tmp_path, dst)
-        moved = True
-        os.replace(tmp_path + ".db", dst + ".db")
-    except BaseException:
-        if moved:  # the data file moved but not its index: leave neither
-            for path in (dst, dst + ".db"):
-                if os.path.exists(path):
-                    os.remove(path)
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def convert_alpaca(src, dst, tokenizer, seq_length, template=None, overwrite=False):

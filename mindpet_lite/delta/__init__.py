@@ -1,4 +1,4 @@
 """Delta (parameter-efficient) cells."""
-from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.delta.lora import LoRADense, lora_scaling
 
-__all__ = ["LoRADense"]
+__all__ = ["LoRADense", "lora_scaling"]

@@ -26,10 +26,16 @@ from mindspore.ops.primitive import Primitive
 
 from mindpet_lite import _checks
 
-LORA_A = "mindpet_delta_lora_a"
-LORA_B = "mindpet_delta_lora_b"
+LORA_MARK = "mindpet_delta_lora_"  # MindPet's parameter names: every LoRA factor's name holds it
+LORA_A = LORA_MARK + "a"
+LORA_B = LORA_MARK + "b"
 
 _INIT_TYPES = (str, numbers.Number, Tensor, Initializer)
+
+
+def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
+    """s = alpha / rank, or alpha / sqrt(rank) with rsLoRA: the one place the formula is written."""
+    return lora_alpha / (math.sqrt(lora_rank) if use_rslora else lora_rank)
 
 
 def _check_init(name, init, shape):
@@ -165,7 +171,7 @@ class LoRADense(nn.Dense):
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.use_rslora = use_rslora
-        self.scaling = lora_alpha / (math.sqrt(lora_rank) if use_rslora else lora_rank)
+        self.scaling = lora_scaling(lora_alpha, lora_rank, use_rslora)
         self.dtype = compute_dtype
         self.merged = False
         self.mindpet_delta_lora_a = Parameter(_init(lora_a_init, [lora_rank, in_channels], param_init_type),
@@ -330,6 +336,10 @@ class LoRADense(nn.Dense):
         if not prims:
             raise ValueError(f"activation {type(act).__name__} has no primitive to shard")
         return prims
+
+    def adapter_parameters(self):
+        """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}``."""
+        return {LORA_A: self.mindpet_delta_lora_a, LORA_B: self.mindpet_delta_lora_b}
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "

@@ -4,9 +4,10 @@ from mindpet_lite.graph.freeze import (
     freeze_from_config,
     freeze_modules,
     get_adapter_params,
+    lora_cells,
     set_trainable_params,
     trainable_params_report,
 )
 
-__all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params",
+__all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params", "lora_cells",
            "set_trainable_params", "trainable_params_report"]

@@ -12,11 +12,11 @@ import yaml
 from mindspore import nn
 
 from mindpet_lite import _checks
+from mindpet_lite.delta.lora import LoRADense
 
 logger = logging.getLogger(__name__)
 
 DELTA_MODES = ("lora", "prefixtuning", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
-LORA_PARAM_MARK = "mindpet_delta_lora_"
 
 
 def _check_model(model):
@@ -93,10 +93,17 @@ def freeze_from_config(model, config_path):
     freeze_modules(model, spec.get("include"), spec.get("exclude"))
 
 
-def get_adapter_params(net):
-    """{name: Parameter} of the LoRA parameters (`*mindpet_delta_lora_*`) of a network."""
+def lora_cells(net):
+    """{cell path: LoRADense} of a network."""
     _check_model(net)
-    return {name: p for name, p in net.parameters_and_names() if LORA_PARAM_MARK in name}
+    return {name: cell for name, cell in net.cells_and_names() if isinstance(cell, LoRADense)}
+
+
+def get_adapter_params(net):
+    """{name: Parameter} of the LoRA factors of a network, as its LoRA cells report them (the
+    names are the network's parameter names)."""
+    held = {id(p) for cell in lora_cells(net).values() for p in cell.adapter_parameters().values()}
+    return {name: p for name, p in net.parameters_and_names() if id(p) in held}
 
 
 def set_trainable_params(net, names):

@@ -5,7 +5,6 @@ scaling is never re-derived from a default. A misspelled key is an error with th
 a silently ignored typo is the commonest way a LoRA run trains nothing.
 """
 import dataclasses
-import math
 import re
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Initializer, initializer
 
 from mindpet_lite import _checks
+from mindpet_lite.delta.lora import lora_scaling
 
 PET_TYPES = ("lora",)
 
@@ -98,8 +98,8 @@ class LoraConfig:
 
     @property
     def scaling(self):
-        """alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
-        return self.lora_alpha / (math.sqrt(self.lora_rank) if self.use_rslora else self.lora_rank)
+        """alpha / rank, or alpha / sqrt(rank) with rsLoRA (``delta.lora.lora_scaling``)."""
+        return lora_scaling(self.lora_alpha, self.lora_rank, self.use_rslora)
 
     @property
     def target_regex(self):
@@ -120,7 +120,7 @@ class LoraConfig:
         _checks.check_dropout("lora_dropout", self.lora_dropout)
         _checks.check_bool("use_rslora", self.use_rslora)
         for key in ("lora_a_init", "lora_b_init"):
-            self._check_init(key, getattr(self, key))
+            self.check_init(key, getattr(self, key))
         self.param_init_type = _checks.to_float_dtype("param_init_type", self.param_init_type, allow_none=True)
         self.compute_dtype = _checks.to_float_dtype("compute_dtype", self.compute_dtype, allow_none=True)
         self.target_modules = self._check_pattern("target_modules", self.target_modules)
@@ -136,7 +136,8 @@ class LoraConfig:
                 _checks.check_str_list(key, value)
 
     @staticmethod
-    def _check_init(key, value):
+    def check_init(key, value):
+        """An initializer spec a LoRA factor can be built from (a name, a number, an Initializer, a Tensor)."""
         if isinstance(value, bool) or not isinstance(value, (str, int, float, Initializer, Tensor)):
             raise TypeError(f"{key} must be an initializer name, a number or an Initializer, "
                             f"got {_checks.describe(value)}")

@@ -15,7 +15,6 @@ Each file is written to a temporary name and renamed; the JSON is written last, 
 saved only when its JSON exists, and :func:`find_latest_checkpoint` never picks a half-written one.
 Only the last ``keep_checkpoint_max`` triples are kept.
 """
-import csv
 import glob
 import json
 import logging
@@ -23,6 +22,9 @@ import math
 import os
 import re
 import time
+
+from mindpet_lite import _files
+from mindpet_lite.adapters import save_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +146,8 @@ class LossHistory:
 
 def write_loss_csv(path, history):
     """Write the loss history (list of dicts with step, loss, lr, elapsed_s) atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "loss", "lr", "elapsed_s"])
-        for row in history:
-            writer.writerow([row["step"], f"{row['loss']:.6f}", f"{row['lr']:.6e}", f"{row['elapsed_s']:.3f}"])
-    os.replace(tmp, path)
+    rows = [[r["step"], f"{r['loss']:.6f}", f"{r['lr']:.6e}", f"{r['elapsed_s']:.3f}"] for r in history]
+    _files.write_csv(path, ["step", "loss", "lr", "elapsed_s"], rows)
     logger.info("loss history: %s (%d steps)", path, len(history))
 
 
@@ -179,10 +175,11 @@ def plot_loss(path, history, evals=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with _files.atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     logger.info("loss plot: %s", path)
     return path
 
@@ -213,19 +210,16 @@ class AdapterCheckpoint:
         self.last_saved = state.step
         if state.rank_id != 0:
             return None
-        from mindpet_lite.adapters import save_adapter  # pylint: disable=import-outside-toplevel
-        from mindpet_lite.adapters.io import write_checkpoint, write_json  # pylint: disable=import-outside-toplevel
-
         os.makedirs(self.directory, exist_ok=True)
         stem = os.path.join(self.directory, f"{self.prefix}_step{state.step:06d}")
         adapter = f"{stem}.{self.fmt}"
         save_adapter(state.net, adapter, config=state.pet_config)
         tensors, meta = state.trainer.state_dict()
         state_file = f"{stem}.state.ckpt"
-        write_checkpoint(tensors, state_file)
+        _files.write_checkpoint(tensors, state_file)
         meta.update({"adapter": os.path.basename(adapter), "state": os.path.basename(state_file),
                      "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-        write_json(f"{stem}.json", meta)
+        _files.write_json(f"{stem}.json", meta)
         _say(f"checkpoint: step {state.step} -> {adapter}")
         self._prune()
         return f"{stem}.json"

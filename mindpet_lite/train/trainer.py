@@ -610,7 +610,7 @@ def _adapter_digest(net):
 
 
 def _write_json(path, obj):
-    from mindpet_lite.adapters.io import write_json  # pylint: disable=import-outside-toplevel
+    from mindpet_lite._files import write_json  # pylint: disable=import-outside-toplevel
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(path, obj)
 
@@ -625,7 +625,7 @@ def finetune(run_config):
     """
     from mindpet_lite.pet import get_pet_model  # pylint: disable=import-outside-toplevel
     from mindpet_lite.adapters import load_adapter, save_adapter  # pylint: disable=import-outside-toplevel
-    from mindpet_lite.adapters.io import read_checkpoint  # pylint: disable=import-outside-toplevel
+    from mindpet_lite._files import read_checkpoint  # pylint: disable=import-outside-toplevel
 
     cfg = run_config
     wall_start = time.perf_counter()

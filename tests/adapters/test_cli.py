@@ -4,10 +4,11 @@ import os
 
 import numpy as np
 
-from mindpet_lite.adapters import io as aio
 from mindpet_lite.adapters.io import read_adapter, save_adapter
 from mindpet_lite.cli import main
 from mindpet_lite.models.llama import llama_param_shapes
+from mindpet_lite import _files
+from mindpet_lite.adapters.metadata import write_adapter_file
 from tests.adapters.conftest import TINY_LLAMA, numpy_params, small_net
 
 
@@ -16,21 +17,21 @@ def test_merge_and_unmerge(tmp_path, capsys):
     adapter = str(tmp_path / "a.ckpt")
     save_adapter(net, adapter)
     base = {k: v for k, v in numpy_params(net).items() if "mindpet_delta_lora" not in k}
-    aio.write_checkpoint(base, str(tmp_path / "base.safetensors"))
+    _files.write_checkpoint(base, str(tmp_path / "base.safetensors"))
     out = str(tmp_path / "merged.safetensors")
     assert main(["merge", "--base", str(tmp_path / "base.safetensors"), "--adapter", adapter, "--out", out]) == 0
     assert "merged: " in capsys.readouterr().out
-    merged, _ = aio.read_checkpoint(out)
+    merged, _ = _files.read_checkpoint(out)
     p = numpy_params(net)
     want = base["body.fc1.weight"] + 2.0 * p["body.fc1.mindpet_delta_lora_b"] @ p["body.fc1.mindpet_delta_lora_a"]
     np.testing.assert_allclose(merged["body.fc1.weight"], want, rtol=1e-5, atol=1e-6)
     # --scaling overrides the metadata's 2.0
     assert main(["merge", "--base", str(tmp_path / "base.safetensors"), "--adapter", adapter,
                  "--out", str(tmp_path / "half.ckpt"), "--scaling", "1.0"]) == 0
-    half, _ = aio.read_checkpoint(str(tmp_path / "half.ckpt"))
+    half, _ = _files.read_checkpoint(str(tmp_path / "half.ckpt"))
     np.testing.assert_allclose(half["body.fc1.weight"], (want + base["body.fc1.weight"]) / 2, rtol=1e-5, atol=1e-6)
     assert main(["merge", "--base", out, "--adapter", adapter, "--out", str(tmp_path / "back.ckpt"), "--unmerge"]) == 0
-    back, _ = aio.read_checkpoint(str(tmp_path / "back.ckpt"))
+    back, _ = _files.read_checkpoint(str(tmp_path / "back.ckpt"))
     np.testing.assert_allclose(back["body.fc1.weight"], base["body.fc1.weight"], atol=1e-6)
 
 
@@ -41,7 +42,7 @@ def test_merge_errors_leave_output(tmp_path, capsys):
     out = str(tmp_path / "out.ckpt")
     with open(out, "wb") as f:
         f.write(b"old")
-    aio.write_checkpoint({"other.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "base.ckpt"))
+    _files.write_checkpoint({"other.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "base.ckpt"))
     assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out]) == 1
     assert "no weight for 2 adapter pairs" in capsys.readouterr().err
     assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out,
@@ -58,7 +59,7 @@ def test_peft_and_convert_round_trips(tmp_path, capsys):
         tensors[f"{m}.mindpet_delta_lora_a"] = rng.standard_normal((4, inn)).astype(np.float32)
         tensors[f"{m}.mindpet_delta_lora_b"] = rng.standard_normal((out, 4)).astype(np.float32)
     adapter = str(tmp_path / "llama_adapter.ckpt")
-    aio.write_checkpoint(tensors, adapter, metadata={"source": "mindpet_lite", "pet_config": {
+    write_adapter_file(tensors, adapter, metadata={"source": "mindpet_lite", "pet_config": {
         "lora_rank": 4, "lora_alpha": 16, "target_modules": ".*wq|.*w3"}})
     assert main(["export-peft", "--adapter", adapter, "--out", str(tmp_path / "peft")]) == 0
     with open(tmp_path / "peft" / "adapter_config.json", encoding="utf-8") as f:
@@ -70,7 +71,7 @@ def test_peft_and_convert_round_trips(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
     weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in llama_param_shapes(TINY_LLAMA).items()}
-    aio.write_checkpoint(weights, str(tmp_path / "ms.ckpt"))
+    _files.write_checkpoint(weights, str(tmp_path / "ms.ckpt"))
     cfg = tmp_path / "model.json"  # a run YAML's model.model_config (JSON is YAML too)
     cfg.write_text(json.dumps({"model": {"model_config": dict(TINY_LLAMA, type="LlamaConfig")}}))
     assert main(["convert-base", "--from", "mindspore", "--src", str(tmp_path / "ms.ckpt"), "--out",
@@ -78,7 +79,7 @@ def test_peft_and_convert_round_trips(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
     assert main(["convert-base", "--from", "hf", "--src", str(tmp_path / "hf"), "--out",
                  str(tmp_path / "again.safetensors")]) == 0
-    again, _ = aio.read_checkpoint(str(tmp_path / "again.safetensors"))
+    again, _ = _files.read_checkpoint(str(tmp_path / "again.safetensors"))
     assert sorted(again) == sorted(weights)
     np.testing.assert_array_equal(again["model.layers.1.attention.wk.weight"], weights["model.layers.1.attention.wk.weight"])
     assert main(["convert-base", "--from", "hf", "--src", str(tmp_path / "nowhere"), "--out",

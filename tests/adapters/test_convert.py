@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from mindpet_lite.adapters import io as aio
 from mindpet_lite.adapters.convert import (hf_config_to_llama, hf_name_to_mindspore, hf_to_mindspore,
                                            llama_config_to_hf, mindspore_name_to_hf, mindspore_to_hf)
 from mindpet_lite.models.llama import LlamaConfig, llama_param_shapes
+from mindpet_lite import _files
 from tests.adapters.conftest import TINY_LLAMA
 
 PAIRS = [
@@ -69,7 +69,7 @@ def test_files_round_trip(tmp_path, rng, shard):
         dict(TINY_LLAMA, max_position_embedding=16)).to_dict()
     out = str(tmp_path / "back.ckpt")
     back = hf_to_mindspore(hf_dir, out)
-    on_disk, _ = aio.read_checkpoint(out)
+    on_disk, _ = _files.read_checkpoint(out)
     assert sorted(back) == sorted(weights) == sorted(on_disk)
     for name, value in weights.items():
         np.testing.assert_array_equal(on_disk[name], value)
@@ -79,11 +79,11 @@ def test_refusals(tmp_path, rng):
     weights = _builtin_weights(rng)
     hf = mindspore_to_hf(weights)
     # a bias (Qwen-like) has no built-in counterpart; the rotary buffer is skipped
-    aio.write_checkpoint(dict(hf, **{"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}),
+    _files.write_checkpoint(dict(hf, **{"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}),
                          str(tmp_path / "bias.safetensors"))
     with pytest.raises(ValueError, match="q_proj.bias"):
         hf_to_mindspore(str(tmp_path / "bias.safetensors"))
-    aio.write_checkpoint(dict(hf, **{"model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(8, np.float32)}),
+    _files.write_checkpoint(dict(hf, **{"model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(8, np.float32)}),
                          str(tmp_path / "rot.safetensors"))
     assert len(hf_to_mindspore(str(tmp_path / "rot.safetensors"))) == len(weights)
     with pytest.raises(ValueError, match="not built-in Llama weights.*mindpet_delta_lora_a"):

@@ -109,7 +109,7 @@ def test_peft_lora_runs_in_mindspore(tmp_path):
     assert meta["pet_config"]["use_rslora"] and meta["scaling"] == pytest.approx(16 / 2.0)
     net = tiny_llama(seed=1, rank=4, alpha=16, rslora=True, targets=meta["pet_config"]["target_modules"],
                      **{k: v for k, v in model_config.items() if k not in ("pad_token_id",)})
-    from mindpet_lite.adapters.io import read_checkpoint
+    from mindpet_lite._files import read_checkpoint
     base, _ = read_checkpoint(base_ckpt)
     for name, p in net.parameters_and_names():
         if name in base:

@@ -7,9 +7,10 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor
 
-from mindpet_lite.adapters import io as aio
-from mindpet_lite.adapters.io import (base_fingerprint, gather_sharded_adapter, load_adapter,
-                                      pet_config_from_metadata, read_adapter, save_adapter)
+from mindpet_lite import _files
+from mindpet_lite.adapters import (base_fingerprint, gather_sharded_adapter, load_adapter, pet_config_from_metadata,
+                                   read_adapter, save_adapter)
+from mindpet_lite.adapters.metadata import write_adapter_file
 from mindpet_lite.pet.config import LoraConfig
 from tests.adapters.conftest import numpy_params, small_net, tiny_llama
 
@@ -80,7 +81,7 @@ def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):
     tensors = {k: v for k, v in _lora(net).items() if "fc2" not in k}
     tensors["body.fc9.mindpet_delta_lora_a"] = np.zeros((4, 8), np.float32)
     path = str(tmp_path / "odd.ckpt")
-    aio.write_checkpoint(tensors, path, metadata={"source": "test", "pet_config": None})
+    write_adapter_file(tensors, path, metadata={"source": "test", "pet_config": None})
     before = _lora(net)
     with pytest.raises(ValueError) as err:
         load_adapter(net, path)
@@ -111,7 +112,7 @@ def test_other_base_and_other_scaling(tmp_path):
     other = small_net(rank=4, alpha=8)
     meta = read_adapter(path)[1]
     meta["base_fingerprint"] = base_fingerprint({"x.weight": (3, 3)})
-    aio.write_checkpoint(read_adapter(path)[0], str(tmp_path / "b.ckpt"), metadata=meta)
+    write_adapter_file(read_adapter(path)[0], str(tmp_path / "b.ckpt"), metadata=meta)
     with pytest.raises(ValueError, match="another base model"):
         load_adapter(other, str(tmp_path / "b.ckpt"))
     load_adapter(other, str(tmp_path / "b.ckpt"), strict=False)
@@ -139,7 +140,7 @@ def test_mindformers_and_mcore_names(tmp_path):
     full.update({f"adam_m.network.{k}": np.ones_like(v) for k, v in lora.items()})
     full["epoch_num"] = np.array(3, np.int64)
     mf = str(tmp_path / "mf.ckpt")
-    aio.write_checkpoint(full, mf)
+    _files.write_checkpoint(full, mf)
     target = randomize_copy(small_net(seed=3))
     assert load_adapter(target, mf) == {}
     for name, value in lora.items():
@@ -148,7 +149,7 @@ def test_mindformers_and_mcore_names(tmp_path):
     mc = {k.replace("mindpet_delta_lora_a", "lora_A.weight").replace("mindpet_delta_lora_b", "lora_B.weight"): v
           for k, v in lora.items()}
     mc_path = str(tmp_path / "mcore.safetensors")
-    aio.write_checkpoint(mc, mc_path)
+    _files.write_checkpoint(mc, mc_path)
     target = randomize_copy(small_net(seed=3))
     load_adapter(target, mc_path)
     for name, value in lora.items():
@@ -203,7 +204,7 @@ def test_bad_inputs_leave_output_untouched(tmp_path, suffix):
         save_adapter(frozen_plain, out)
     # a failing write (an unserialisable metadata value) leaves no temp file and the old output
     with pytest.raises(TypeError):
-        aio.write_checkpoint(_lora(net), out, metadata={"bad": object()})
+        write_adapter_file(_lora(net), out, metadata={"bad": object()})
     assert _snapshot(out) == b"previous content"
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f"good{suffix}", f"out{suffix}", f"cut0{suffix}", f"cut1{suffix}", f"empty{suffix}"])
@@ -257,7 +258,7 @@ def test_gather_sharded(tmp_path):
     assert not os.path.exists(out2)
     # model-parallel shards: shapes differ across ranks
     half = {k: v[: v.shape[0] // 2] for k, v in _lora(net).items()}
-    aio.write_checkpoint(half, str(tmp_path / "shard1.ckpt"), metadata={"source": "x"})
+    write_adapter_file(half, str(tmp_path / "shard1.ckpt"), metadata={"source": "x"})
     with pytest.raises(ValueError, match="sharded \\(model parallel\\)"):
         gather_sharded_adapter([str(tmp_path / "ckpt" / "rank_0" / "lora_rank_0-1_4.ckpt"),
                                 str(tmp_path / "shard1.ckpt")], out2)

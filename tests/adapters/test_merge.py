@@ -6,10 +6,10 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor
 
-from mindpet_lite.adapters import io as aio
 from mindpet_lite.adapters.io import load_adapter, read_adapter, save_adapter
 from mindpet_lite.adapters.merge import (merge_adapter, merge_checkpoint, merge_full_checkpoint, merge_weights,
                                          unmerge_checkpoint)
+from mindpet_lite import _files
 from tests.adapters.conftest import numpy_params, randomize, small_net, tiny_llama
 
 A, B = "mindpet_delta_lora_a", "mindpet_delta_lora_b"
@@ -32,7 +32,7 @@ def _expected(base, adapter, name, s, transpose=False):
 
 
 SHAPES = {"l.q": (6, 6), "l.k": (4, 6), "l.up": (10, 6), "l.down": (6, 10)}
-META = {"pet_config": {"lora_rank": 3, "lora_alpha": 6}}  # s = 2
+META = {"pet_config": {"lora_rank": 3, "lora_alpha": 6, "target_modules": ".*"}}  # s = 2
 
 
 def test_merge_math_out_in(rng):
@@ -45,7 +45,7 @@ def test_merge_math_out_in(rng):
     # explicit scaling overrides; rsLoRA metadata gives alpha / sqrt(r)
     merged = merge_weights(base, (adapter, META), scaling=0.5)
     np.testing.assert_allclose(merged["l.k.weight"], _expected(base, adapter, "l.k", 0.5), rtol=1e-5, atol=1e-5)
-    rs = {"pet_config": {"lora_rank": 3, "lora_alpha": 6, "use_rslora": True}}
+    rs = {"pet_config": {"lora_rank": 3, "lora_alpha": 6, "use_rslora": True, "target_modules": ".*"}}
     merged = merge_weights(base, (adapter, rs))
     np.testing.assert_allclose(merged["l.k.weight"], _expected(base, adapter, "l.k", 6 / np.sqrt(3)), rtol=1e-5,
                                atol=1e-5)
@@ -97,7 +97,7 @@ def test_errors_before_writing(tmp_path, rng):
         merge_checkpoint(base, (lone, META), out)
     # another rank than the metadata says
     with pytest.raises(ValueError, match="lora_rank=8 but a pair has rank 3"):
-        merge_checkpoint(base, (adapter, {"pet_config": {"lora_rank": 8, "lora_alpha": 16}}), out)
+        merge_checkpoint(base, (adapter, {"pet_config": {"lora_rank": 8, "lora_alpha": 16, "target_modules": ".*"}}), out)
     # another architecture
     small = dict(base, **{"l.k.weight": np.zeros((5, 5), np.float32)})
     with pytest.raises(ValueError, match="fits neither"):
@@ -116,10 +116,10 @@ def test_files_merge_unmerge_round_trip(tmp_path, rng, suffix):
     save_adapter(net, adapter)
     base = {k: v for k, v in numpy_params(net).items() if "mindpet_delta_lora" not in k}
     base_path = str(tmp_path / f"base{suffix}")
-    aio.write_checkpoint(base, base_path)
+    _files.write_checkpoint(base, base_path)
     out = str(tmp_path / f"merged{suffix}")
     merged = merge_checkpoint(base_path, adapter, out)
-    on_disk, _ = aio.read_checkpoint(out)
+    on_disk, _ = _files.read_checkpoint(out)
     assert sorted(on_disk) == sorted(base)
     lora = numpy_params(net)
     for name in ("body.fc1", "body.fc2"):
@@ -150,13 +150,13 @@ def test_mindformers_full_checkpoint(tmp_path, rng):
     full.update({f"adam_m.network.{k}": np.zeros_like(v) for k, v in adapter.items()})
     full["epoch_num"] = np.array(2, np.int64)
     src = str(tmp_path / "full.ckpt")
-    aio.write_checkpoint(full, src)
+    _files.write_checkpoint(full, src)
     out = str(tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="carries no lora_alpha"):
         merge_full_checkpoint(src, out)
     assert not os.path.exists(out)
     merge_full_checkpoint(src, out, lora_alpha=6)  # s = 6 / 3
-    plain, _ = aio.read_checkpoint(out)
+    plain, _ = _files.read_checkpoint(out)
     assert sorted(plain) == sorted(f"network.{k}" for k in base)
     for name in SHAPES:
         np.testing.assert_allclose(plain[f"network.{name}.weight"], _expected(base, adapter, name, 2.0), rtol=1e-5,

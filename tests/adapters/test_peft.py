@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from mindpet_lite.adapters import io as aio
 from mindpet_lite.adapters.io import read_adapter
 from mindpet_lite.adapters.peft import export_peft, import_peft, read_peft_adapter
+from mindpet_lite import _files
+from mindpet_lite.adapters.metadata import write_adapter_file
 
 R = 4
 
@@ -37,7 +38,7 @@ def test_export_layout(tmp_path, rng):
             config["bias"], config["lora_dropout"]) == ("LORA", "CAUSAL_LM", R, 8, True, "none", 0.05)
     assert config["target_modules"] == ["down_proj", "q_proj", "v_proj"]
     assert config["base_model_name_or_path"] is None and config["modules_to_save"] is None
-    weights, extras = aio.read_checkpoint(os.path.join(out, "adapter_model.safetensors"))
+    weights, extras = _files.read_checkpoint(os.path.join(out, "adapter_model.safetensors"))
     assert extras == {"format": "pt"}
     key = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"
     np.testing.assert_array_equal(weights[key], tensors["model.layers.1.attention.wq.mindpet_delta_lora_a"])
@@ -50,7 +51,7 @@ def test_export_import_round_trip(tmp_path, rng):
     tensors, meta = _adapter(rng)
     tensors["lm_head.weight"] = rng.standard_normal((128, 64)).astype(np.float32)  # left trainable
     src = str(tmp_path / "a.safetensors")
-    aio.write_checkpoint(tensors, src, metadata=meta)
+    write_adapter_file(tensors, src, metadata=meta)
     out = str(tmp_path / "peft")
     config = export_peft(src, out)
     assert config["modules_to_save"] == ["lm_head"]
@@ -128,9 +129,9 @@ def test_import_refusals(tmp_path, rng, config, message):
 
 def test_import_refuses_unrepresentable_weights(tmp_path, rng):
     d = _peft_dir(tmp_path, rng)
-    weights, extras = aio.read_checkpoint(os.path.join(d, "adapter_model.safetensors"))
+    weights, extras = _files.read_checkpoint(os.path.join(d, "adapter_model.safetensors"))
     weights["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = np.ones(64, np.float32)
-    aio.write_checkpoint(weights, os.path.join(d, "adapter_model.safetensors"), raw_metadata=extras)
+    _files.write_checkpoint(weights, os.path.join(d, "adapter_model.safetensors"), text=extras)
     with pytest.raises(ValueError, match="DoRA"):
         read_peft_adapter(d)
     os.remove(os.path.join(d, "adapter_model.safetensors"))

@@ -50,7 +50,7 @@ def _run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
 
 
 def _adapter(path):
-    from mindpet_lite.adapters.io import read_checkpoint
+    from mindpet_lite._files import read_checkpoint
     return read_checkpoint(path)[0]
 
 

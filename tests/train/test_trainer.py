@@ -52,7 +52,7 @@ def test_lr_schedule_shape():
 
 # ---- real runs ---------------------------------------------------------------------------------------
 def _adapter(path):
-    from mindpet_lite.adapters.io import read_checkpoint
+    from mindpet_lite._files import read_checkpoint
     return read_checkpoint(path)[0]
 
 
@@ -162,7 +162,7 @@ def test_dynamic_loss_scale_runs(tiny_assets, tmp_path):
                            "loss_scale_value: 1024, scale_factor: 2, scale_window: 1}")) == 0
     adapter = _adapter(os.path.join(out, "adapter.ckpt"))
     assert all(np.isfinite(v).all() for v in adapter.values())
-    from mindpet_lite.adapters.io import read_checkpoint
+    from mindpet_lite._files import read_checkpoint
     state = read_checkpoint(os.path.join(out, "checkpoint", "tiny_step000002.state.ckpt"))[0]
     assert float(state["scale_sense"]) == 4096.0  # doubled after each finite step (window 1)
 

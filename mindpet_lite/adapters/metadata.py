@@ -1,0 +1,211 @@
+"""What an adapter file says about itself, and the LoraConfig it is read back as.
+
+Metadata (a JSON object, stored as the ckpt string entry ``__mindpet_lite_metadata__`` or as the
+safetensors header entry ``mindpet_lite``)::
+
+    {"format_version": 1, "kind": "lora_adapter", "toolkit": "mindpet_lite", "toolkit_version": "0.1.0",
+     "pet_config": {LoraConfig.to_dict()}, "scaling": 2.0,
+     "base_fingerprint": {"sha256": "...", "params": 21, "numel": 123456}, "source": "mindpet_lite"}
+
+The same ``LoraConfig`` that the YAML produced is written here and read back by load, merge and
+export through :func:`lora_config`: the scaling always comes from ``LoraConfig.scaling`` (the stored
+``scaling`` is a cross-check, and the number used only by files without a pet_config).
+
+The base fingerprint hashes the sorted ``(name, shape)`` pairs of the network's non-LoRA parameters,
+i.e. the base model, whether or not ``freeze_exclude`` left some of them trainable: the same base gives
+the same fingerprint for any choice of trainable extras. Changing how it is computed would orphan every
+saved adapter (``tests/adapters/test_metadata.py`` pins a value).
+"""
+import hashlib
+import json
+import logging
+import math
+import re
+
+from mindspore import nn
+
+from mindpet_lite import _checks, _files
+from mindpet_lite._version import __version__
+from mindpet_lite.adapters.names import LORA_MARK
+from mindpet_lite.graph.freeze import lora_cells
+from mindpet_lite.pet.config import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CKPT_META_KEY = "__mindpet_lite_metadata__"
+ST_META_KEY = "mindpet_lite"
+_META_KEYS = {"ckpt": CKPT_META_KEY, "safetensors": ST_META_KEY}
+
+
+# ------------------------------------------------------------------------------------------------
+# the document
+# ------------------------------------------------------------------------------------------------
+def base_fingerprint(net_or_shapes):
+    """``{"sha256", "params", "numel"}`` of the base model: the sorted (name, shape) of the non-LoRA
+    parameters of a network (or of a ``{name: shape}`` dict)."""
+    if isinstance(net_or_shapes, nn.Cell):
+        shapes = {name: tuple(p.shape) for name, p in net_or_shapes.parameters_and_names()}
+    elif isinstance(net_or_shapes, dict):
+        shapes = {name: tuple(getattr(v, "shape", v)) for name, v in net_or_shapes.items()}
+    else:
+        raise TypeError(f"net must be a mindspore.nn.Cell or a dict of name -> shape, "
+                        f"got {_checks.describe(net_or_shapes)}")
+    base = sorted((n, s) for n, s in shapes.items() if LORA_MARK not in n)
+    digest = hashlib.sha256("\n".join(f"{n}:{list(s)}" for n, s in base).encode()).hexdigest()
+    return {"sha256": digest, "params": len(base), "numel": int(sum(math.prod(s) for _, s in base))}
+
+
+def build_metadata(config, fingerprint, source="mindpet_lite", **extra):
+    """The metadata dict of an adapter described by ``config`` (a LoraConfig or None)."""
+    meta = {"format_version": FORMAT_VERSION, "kind": "lora_adapter", "toolkit": "mindpet_lite",
+            "toolkit_version": __version__, "source": source,
+            "pet_config": config.to_dict() if config is not None else None,
+            "scaling": config.scaling if config is not None else None, "base_fingerprint": fingerprint}
+    meta.update(extra)
+    return meta
+
+
+def is_ours(meta):
+    """True when the metadata was written by this toolkit (or made by it from a PEFT directory)."""
+    return bool(meta.get("pet_config") is not None or meta.get("source"))
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------------
+def write_adapter_file(tensors, path, metadata=None, format=None):  # pylint: disable=redefined-builtin
+    """``_files.write_checkpoint`` with the metadata stored as the format's JSON entry."""
+    fmt = _files.check_output_path(path, format)
+    text = None
+    if metadata is not None:
+        text = {_META_KEYS[fmt]: json.dumps(metadata, sort_keys=True)}
+    return _files.write_checkpoint(tensors, path, fmt, text=text)
+
+
+def read_adapter_file(path):
+    """``(tensors, metadata)`` of an adapter checkpoint file (``{}`` without mindpet_lite metadata)."""
+    tensors, text = _files.read_checkpoint(path)
+    if not tensors:
+        raise ValueError(f"{path} holds no tensors")
+    return tensors, metadata_from_text(text, path)
+
+
+def metadata_from_text(text, path):
+    """The metadata dict from a checkpoint's text entries, ``{}`` when there is none."""
+    raw = text.get(CKPT_META_KEY, text.get(ST_META_KEY))
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: the mindpet_lite metadata is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: the mindpet_lite metadata must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata <-> LoraConfig
+# ------------------------------------------------------------------------------------------------
+def lora_config(metadata):
+    """The adapter's validated ``LoraConfig``, or None for metadata without a pet_config.
+
+    Custom initializer objects are recorded by class name, which does not rebuild: those keys fall back
+    to the defaults (they do not matter once the factors are trained). A stored ``scaling`` that
+    disagrees with the config's is an error: the file does not describe its own weights.
+    """
+    cfg = dict((metadata or {}).get("pet_config") or {})
+    if not cfg:
+        return None
+    for key in ("lora_a_init", "lora_b_init"):
+        value = cfg.get(key)
+        if isinstance(value, str):
+            try:
+                LoraConfig.check_init(key, value)
+            except (TypeError, ValueError):
+                cfg.pop(key)
+    config = LoraConfig.from_dict(cfg, section="adapter metadata pet_config")
+    stored = metadata.get("scaling")
+    if stored is not None and not (_checks.is_number(stored) and math.isclose(stored, config.scaling, rel_tol=1e-6)):
+        raise ValueError(f"adapter metadata: scaling {_checks.describe(stored)} disagrees with its pet_config "
+                         f"(lora_alpha={config.lora_alpha}, lora_rank={config.lora_rank}, "
+                         f"use_rslora={config.use_rslora} give {config.scaling:g})")
+    return config
+
+
+def pet_config_from_metadata(metadata):
+    """The adapter's ``LoraConfig`` (build the network with it to load the adapter)."""
+    config = lora_config(metadata)
+    if config is None:
+        raise ValueError("the adapter's metadata holds no pet_config")
+    return config
+
+
+def adapter_scaling(metadata):
+    """The scaling s of an adapter: its LoraConfig's, else a bare stored ``scaling``, else None."""
+    config = lora_config(metadata)
+    if config is not None:
+        return config.scaling
+    stored = (metadata or {}).get("scaling")
+    return float(stored) if _checks.is_number(stored) else None
+
+
+def adapter_config(net, config=None):
+    """The ``LoraConfig`` an adapter saved from ``net`` records: one rule, first that applies:
+
+    1. ``config``, when given (a LoraConfig or a pet_config dict);
+    2. the config ``get_pet_model`` attached to the network (``net.pet_config``);
+    3. a MindFormers model's own ``net.config.pet_config`` block (its LoRA keys);
+    4. a config described from the LoRA cells themselves (they must agree on rank, alpha, rsLoRA).
+
+    Whichever it is must agree with every LoRA cell (rank and scaling), or the metadata would not
+    describe the weights. None for a network without LoRA cells and without a config.
+    """
+    cells = lora_cells(net)
+    if config is None:
+        config = getattr(net, "pet_config", None)
+    if config is None:
+        config = _mindformers_config(net)
+    if config is None:
+        if not cells:
+            return None
+        config = _describe_cells(cells)
+    if isinstance(config, dict):
+        config = LoraConfig.from_dict(config)
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
+    for name, cell in cells.items():
+        if cell.lora_rank != config.lora_rank:
+            raise ValueError(f"config.lora_rank={config.lora_rank} but {name} has lora_rank={cell.lora_rank}: "
+                             "the metadata would not describe the weights")
+        if not math.isclose(cell.scaling, config.scaling, rel_tol=1e-9):
+            raise ValueError(f"config scaling {config.scaling:g} (lora_alpha={config.lora_alpha}, "
+                             f"use_rslora={config.use_rslora}) but {name} computes with scaling {cell.scaling:g}")
+    return config
+
+
+def _mindformers_config(net):
+    """A MindFormers model's ``config.pet_config`` (a dict-like block) as a LoraConfig, or None."""
+    block = getattr(getattr(net, "config", None), "pet_config", None)
+    if block is None:
+        return None
+    try:
+        return LoraConfig.from_dict({k: v for k, v in dict(block).items() if k in LoraConfig.keys()})
+    except (TypeError, ValueError) as err:
+        logger.info("save_adapter: the model's config.pet_config is not usable (%s); describing the LoRA cells", err)
+        return None
+
+
+def _describe_cells(cells):
+    """A LoraConfig describing LoRA cells built without one (all must agree)."""
+    keys = {(c.lora_rank, c.lora_alpha, c.use_rslora) for c in cells.values()}
+    if len(keys) != 1:
+        raise ValueError(f"the LoRA cells disagree on (lora_rank, lora_alpha, use_rslora): {sorted(keys)}; "
+                         "pass config= to say what the adapter is")
+    rank, alpha, rslora = keys.pop()
+    dropouts = {float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0
+                for c in cells.values()}
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in cells})
+    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=max(dropouts),
+                      target_modules="|".join(f".*{re.escape(leaf)}" for leaf in leaves))
