@@ -40,7 +40,10 @@ its per-rank orders agree with the single-process order only in the first epoch;
 import logging
 import os
 
+import mindspore.dataset as ds
 import numpy as np
+from mindspore import dtype as mstype
+from mindspore.mindrecord import FileReader
 
 from mindpet_lite._checks import check_bool, check_positive_int, describe, is_int
 
@@ -77,8 +80,6 @@ def _check_path(path):
 
 def _inspect(path):
     """(num_rows, schema dict) of a MindRecord file; ValueError if it is not one."""
-    from mindspore.mindrecord import FileReader  # pylint: disable=import-outside-toplevel
-
     try:
         reader = FileReader(path, num_consumer=1)
     except Exception as err:  # MindSpore raises RuntimeError (sometimes others) on a bad file
@@ -99,8 +100,6 @@ def _stored_length(path, schema):
             raise ValueError(f"{path}: column '{col}' must be 1-D, its schema shape is {shape}")
         lengths[col] = shape[0] if shape else -1
     if min(lengths.values()) <= 0:
-        from mindspore.mindrecord import FileReader  # pylint: disable=import-outside-toplevel
-
         reader = FileReader(path, num_consumer=1, columns=list(COLUMNS))
         try:
             row = next(iter(reader.get_next()))
@@ -195,8 +194,6 @@ def create_dataset(path, batch_size, seq_length=None, rank_id=0, rank_size=1, sh
     if drop_remainder:
         rows_per_rank = (num_rows // (batch_size * rank_size)) * batch_size
 
-    import mindspore.dataset as ds  # pylint: disable=import-outside-toplevel
-    from mindspore import dtype as mstype  # pylint: disable=import-outside-toplevel
 
     def epoch_pipeline(epoch):
         indices = _epoch_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, epoch)

@@ -11,6 +11,7 @@ so `is_linear` looks the class up in `sys.modules`.
 - `use_mindpet_lite()`: makes `mindformers.pet.LoraModel` / `LoraAdapter` build `LoRALinear` cells
   instead of MindPet's `LoRADense`. Reversible: use it as a context manager, or call `.undo()`.
 """
+import importlib
 import importlib.util
 import logging
 import sys
@@ -186,7 +187,6 @@ def use_mindpet_lite():
     Returns a handle: `with use_mindpet_lite(): ...` restores on exit; or call `handle.undo()`.
     Imports mindformers (and so MindPet).
     """
-    import importlib  # pylint: disable=import-outside-toplevel
     module = importlib.import_module(_ADAPTER_MODULE)
     if not hasattr(module, "LoRADense"):
         raise RuntimeError(f"{_ADAPTER_MODULE} has no name 'LoRADense': this MindFormers version "
