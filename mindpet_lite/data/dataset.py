@@ -194,7 +194,6 @@ def create_dataset(path, batch_size, seq_length=None, rank_id=0, rank_size=1, sh
     if drop_remainder:
         rows_per_rank = (num_rows // (batch_size * rank_size)) * batch_size
 
-
     def epoch_pipeline(epoch):
         indices = _epoch_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, epoch)
         data = ds.MindDataset(path, columns_list=list(COLUMNS), sampler=ds.SubsetSampler(indices),
