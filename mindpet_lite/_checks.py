@@ -6,17 +6,26 @@ what is allowed, e.g. ``lora_rank must be an int > 0, got 0 (int)``. Checks run 
 import difflib
 import numbers
 import os
+import reprlib
 
 import mindspore as ms
+import numpy as np
 import yaml
 from mindspore import dtype as mstype
 
 FLOAT_DTYPES = {"float16": mstype.float16, "float32": mstype.float32, "bfloat16": mstype.bfloat16}
 
 
+# repr bounded while it is built: a YAML of nested aliases expands to billions of items, and a
+# plain repr() would build all of them before a message could cut it short
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 4, 6, 6
+_SHORT_REPR.maxset, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 6, 60, 60, 40
+
+
 def describe(value):
-    """`value (type)` for error messages."""
-    text = repr(value)
+    """`value (type)` for error messages, at most ~80 characters of value however large it is."""
+    text = _SHORT_REPR.repr(value)
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} ({type(value).__name__})"
@@ -99,6 +108,15 @@ def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {describe(value)}")
     return value
+
+
+def check_finite_arrays(what, arrays):
+    """Every array of ``{name: array}`` is finite (NaN / Inf weights are refused, naming them)."""
+    bad = [name for name, array in arrays.items()
+           if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all()]
+    if bad:
+        raise ValueError(f"{what}: {len(bad)} tensors hold NaN or Inf: {short_list(bad, 6)}")
+    return arrays
 
 
 def closest(key, valid):

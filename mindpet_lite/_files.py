@@ -67,6 +67,29 @@ def check_output_path(path, format=None):  # pylint: disable=redefined-builtin
     return fmt
 
 
+def check_new_output(path, inputs=(), overwrite=False, what="out"):
+    """The one overwrite rule, checked before any work: an output that is one of the inputs (the same
+    file, or inside an input folder) is refused even with ``overwrite``; an existing output needs
+    ``overwrite=True`` (``--overwrite``)."""
+    _checks.check_str(what, path)
+    _checks.check_bool("overwrite", overwrite)
+    out_real = os.path.realpath(path)
+    for source in inputs:
+        if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+            continue  # in-memory inputs (dicts of tensors) cannot be overwritten
+        src_real = os.path.realpath(source)
+        same = out_real == src_real or (os.path.exists(path) and os.path.exists(source)
+                                         and os.path.samefile(path, source))
+        inside = os.path.isdir(source) and os.path.commonpath([out_real, src_real]) == src_real
+        if same or inside:
+            where = "is" if same else "is inside"
+            raise ValueError(f"{what} {path} {where} the input {os.fspath(source)}: an output never replaces "
+                             "an input; choose another path")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{what} {path} already exists; pass --overwrite (API: overwrite=True) to replace it")
+    return path
+
+
 def check_input_file(path, what="path"):
     """Check a checkpoint file to read: it exists, is not empty, and its content fits its suffix."""
     _checks.check_str(what, path)

@@ -12,9 +12,11 @@ checkpoints (interleaved rotary pairs) are not Hugging Face checkpoints and are 
 import json
 import logging
 import os
+import re
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters.names import HF_SKIP, hf_name_to_mindspore, mindspore_name_to_hf
+from mindpet_lite.models import llama_param_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def _hf_files(src):
     raise FileNotFoundError(f"{src}: no model.safetensors or model.safetensors.index.json")
 
 
-def hf_to_mindspore(src, out=None, format=None):
+def hf_to_mindspore(src, out=None, format=None, overwrite=False):
     """Convert a Hugging Face Llama checkpoint to the built-in Llama's names.
 
     Args:
@@ -127,6 +129,7 @@ def hf_to_mindspore(src, out=None, format=None):
             ``model.safetensors.index.json`` and its shards (``config.json`` is checked if present).
         out: ``.ckpt`` or ``.safetensors`` path to write (atomically); None writes nothing.
         format: 'ckpt' or 'safetensors', must agree with the suffix of ``out``.
+        overwrite: replace an existing ``out`` (never one of the source files).
 
     Returns:
         ``{built-in name: numpy array}``; dtypes are kept.
@@ -138,6 +141,8 @@ def hf_to_mindspore(src, out=None, format=None):
     if out is not None:
         _files.check_output_path(out, format)
     files, config = _hf_files(src)
+    if out is not None:
+        _files.check_new_output(out, [src] + files, overwrite)
     if config is not None:
         hf_config_to_llama(config)  # refuses what the built-in Llama cannot compute
     tensors, unknown, skipped = {}, [], []
@@ -167,7 +172,7 @@ def hf_to_mindspore(src, out=None, format=None):
     return tensors
 
 
-def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None):
+def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None, overwrite=False):
     """Convert a built-in Llama checkpoint to Hugging Face names and write a model directory.
 
     Args:
@@ -177,8 +182,10 @@ def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None):
         out_dir: the directory to write ``model.safetensors`` (with ``{"format": "pt"}`` metadata, as
             transformers expects) or, above ``max_shard_size`` bytes, ``model-0000i-of-0000n.safetensors``
             plus ``model.safetensors.index.json``; None writes nothing.
-        config: a ``LlamaConfig`` or model_config dict: also writes ``config.json``.
+        config: a ``LlamaConfig`` or model_config dict: also writes ``config.json``; the weights must
+            have exactly the shapes it describes.
         max_shard_size: int bytes per shard, or None for one file.
+        overwrite: replace the Hugging Face files already in ``out_dir`` (never the source).
 
     Returns:
         ``{Hugging Face name: numpy array}``.
@@ -189,8 +196,12 @@ def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None):
             raise NotADirectoryError(f"out_dir must be a directory (Hugging Face model dir), got a file: {out_dir}")
     if max_shard_size is not None:
         _checks.check_positive_int("max_shard_size", max_shard_size)
+    if out_dir is not None:
+        _check_hf_outputs(out_dir, src, overwrite)
     hf_config = llama_config_to_hf(config) if config is not None else None
     tensors = _files.read_checkpoint(src)[0] if isinstance(src, str) else _files.to_numpy_dict(src, "src")
+    if config is not None:
+        _check_shapes(tensors, config)
     out, unknown = {}, []
     for name, array in tensors.items():
         new = mindspore_name_to_hf(name)
@@ -210,6 +221,31 @@ def mindspore_to_hf(src, out_dir=None, config=None, max_shard_size=None):
     if out_dir is not None:
         _write_hf_dir(out, out_dir, hf_config, max_shard_size)
     return out
+
+
+_HF_OUTPUTS = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|config\.json)$")
+
+
+def _check_hf_outputs(out_dir, src, overwrite):
+    """The files a conversion would write into ``out_dir`` follow the overwrite rule of ``_files``."""
+    existing = [n for n in os.listdir(out_dir) if _HF_OUTPUTS.match(n)] if os.path.isdir(out_dir) else []
+    for name in existing + ["model.safetensors"]:
+        _files.check_new_output(os.path.join(out_dir, name), [src], overwrite=True, what="out_dir file")
+    if existing and not overwrite:
+        raise FileExistsError(f"out_dir {out_dir} already holds {_checks.short_list(existing)}; pass --overwrite "
+                              "(API: overwrite=True) to replace them")
+
+
+def _check_shapes(tensors, config):
+    """The weights are those of the model ``config`` describes (names and shapes)."""
+    expected = llama_param_shapes(config)
+    missing = sorted(set(expected) - set(tensors))
+    differ = [f"{n}: {list(tensors[n].shape)} vs {list(s)}" for n, s in expected.items()
+              if n in tensors and tuple(tensors[n].shape) != tuple(s)]
+    if missing or differ:
+        detail = "; ".join(([f"missing {_checks.short_list(missing, 4)}"] if missing else []) + differ[:4])
+        raise ValueError(f"model_config does not describe these weights ({detail}); check hidden_size, "
+                         "num_layers, num_heads, n_kv_heads, intermediate_size, vocab_size")
 
 
 def _write_hf_dir(tensors, out_dir, hf_config, max_shard_size):

@@ -37,7 +37,7 @@ def adapter_parameters(net):
     return {name: p for name, p in net.parameters_and_names() if name in lora or p.requires_grad}
 
 
-def save_adapter(net, path, format=None, config=None, base_fingerprint=None):  # pylint: disable=redefined-builtin
+def save_adapter(net, path, format=None, config=None, base_fingerprint=None, overwrite=False):  # pylint: disable=redefined-builtin
     """Save the adapter of a LoRA network: its LoRA parameters and anything left trainable.
 
     Args:
@@ -50,16 +50,20 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None):  #
         base_fingerprint: None computes it from ``net``; a dict from
             :func:`~mindpet_lite.adapters.metadata.base_fingerprint` is used as given (e.g. for a
             network whose base weights were dropped).
+        overwrite (bool): replace an existing ``path`` (otherwise FileExistsError).
 
     Returns:
         The metadata dict written.
 
     Raises:
         TypeError / ValueError: bad arguments, an empty adapter (nothing LoRA or trainable: a net without
-            LoRA cells, or parameters sharded away), a config that contradicts the cells.
+            LoRA cells, or parameters sharded away), a config that contradicts the cells, NaN / Inf
+            weights.
         IsADirectoryError: ``path`` is a directory.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     fmt = _files.check_output_path(path, format)
+    _files.check_new_output(path, overwrite=overwrite, what="path")
     params = adapter_parameters(net)
     if not params:
         raise ValueError("refusing to save an empty adapter: the network has no LoRA parameters and nothing "
@@ -71,9 +75,10 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None):  #
             raise ValueError(f"refusing to save an empty adapter: {name} has no elements (shape {list(array.shape)}); "
                              "under model parallelism gather the parameters first")
         tensors[name] = array
+    _checks.check_finite_arrays(f"save_adapter {path}", tensors)
     lora_config = _meta.adapter_config(net, config)
     fingerprint = base_fingerprint if base_fingerprint is not None else _meta.base_fingerprint(net)
-    meta = _meta.build_metadata(lora_config, fingerprint)
+    meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net))
     _meta.write_adapter_file(tensors, path, meta, fmt)
     n_lora = sum(LORA_MARK in n for n in tensors)
     logger.info("save_adapter: %d LoRA + %d other tensors -> %s", n_lora, len(tensors) - n_lora, path)
@@ -167,6 +172,7 @@ def load_adapter(net, path, strict=True):
 
     _check_same_base(net, meta, path, strict)
     _check_cells(net, mapping, meta, path, strict)
+    _checks.check_finite_arrays(f"load_adapter {path}", {key: tensors[key] for key in mapping})
 
     new_data = {target: Tensor(tensors[key]).astype(params[target].dtype) for key, target in mapping.items()}
     for target, data in new_data.items():
@@ -235,7 +241,7 @@ def _rank_files(src, pattern):
     return files
 
 
-def gather_sharded_adapter(src, out, format=None, pattern="*", atol=0.0):  # pylint: disable=redefined-builtin
+def gather_sharded_adapter(src, out, format=None, pattern="*", atol=0.0, overwrite=False):  # pylint: disable=redefined-builtin
     """Gather per-rank saves (``rank_*/...ckpt``, as MindFormers writes them) into one adapter file,
     when the LoRA weights are replicated across ranks (data parallel).
 
@@ -254,6 +260,7 @@ def gather_sharded_adapter(src, out, format=None, pattern="*", atol=0.0):  # pyl
     """
     fmt = _files.check_output_path(out, format)
     files = _rank_files(src, pattern)
+    _files.check_new_output(out, [src] if isinstance(src, str) else files, overwrite)
     first_tensors, first_meta = None, None
     for path in files:
         tensors, meta = read_adapter(path)

@@ -8,8 +8,9 @@
 * Layout: ``nn.Dense`` and Hugging Face store W as [out, in]; MindFormers' Linear with
   ``transpose_b=False`` stores [in, out]. ``layout='auto'`` reads it from the shapes: a non-square W
   tells its own layout, and square weights take the one layout the non-square ones agree on (one
-  checkpoint has one convention); with no non-square weight, or when they disagree, square weights
-  are an error unless ``layout='out_in'`` or ``'in_out'`` is given.
+  checkpoint has one convention); with no non-square weight they take the layout the adapter's
+  metadata records (``weight_layout``: how the network it was trained on stored W). Otherwise square
+  weights are an error unless ``layout='out_in'`` or ``'in_out'`` (``--layout``) is given.
 * Adapter tensors that are not LoRA pairs (parameters ``freeze_exclude`` left trainable) replace the
   base values when merging; unmerge cannot restore those and refuses.
 
@@ -86,8 +87,9 @@ def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
     return from_meta
 
 
-def _resolve_layouts(plan, layout):
-    """plan: {module: (W shape, out, in)} -> {module: 'out_in' | 'in_out'}."""
+def _resolve_layouts(plan, layout, recorded=None):
+    """plan: {module: (W shape, out, in)} -> {module: 'out_in' | 'in_out'}; ``recorded`` is the layout
+    the adapter's metadata gives, used for square weights when no non-square weight tells."""
     _checks.check_choice("layout", layout, LAYOUTS)
     decided, square, bad = {}, [], []
     for module, (shape, out, inn) in plan.items():
@@ -108,10 +110,14 @@ def _resolve_layouts(plan, layout):
         raise ValueError(f"base weights do not fit the adapter (another architecture or rank?): {'; '.join(bad[:8])}")
     if square:
         seen = set(decided.values())
+        if not seen and recorded in LAYOUTS[1:]:
+            seen = {recorded}
         if len(seen) != 1:
-            why = "no non-square weight tells the layout" if not seen else "the non-square weights use both layouts"
+            why = ("no non-square weight and no weight_layout in the adapter's metadata tell the layout" if not seen
+                   else "the non-square weights use both layouts")
             raise ValueError(f"cannot tell the layout of square weights ({', '.join(sorted(square)[:4])}...): {why}; "
-                             "pass layout='out_in' (nn.Dense, Hugging Face) or 'in_out' (transpose_b=False)")
+                             "pass --layout out_in (nn.Dense, Hugging Face) or --layout in_out (a MindFormers "
+                             "Linear with transpose_b=False); API: layout='out_in' / 'in_out'")
         only = seen.pop()
         decided.update({m: only for m in square})
     return decided
@@ -142,6 +148,7 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
     pairs, extras = split_lora_pairs(tensors)
     if not pairs and not extras:
         raise ValueError("the adapter holds no LoRA pairs and no other tensors")
+    _checks.check_finite_arrays("the adapter", tensors)  # a NaN folded into W cannot be taken out again
     scale = _scale_for(meta, scaling, lora_alpha, use_rslora) if pairs else None
     if unmerge and extras:
         raise ValueError(f"cannot unmerge: the adapter carries full trained weights ({_checks.short_list(extras)}) "
@@ -163,7 +170,7 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
     for key, base_key in mapping.items():
         a, b = pairs[wanted[key]]
         plan[key] = (tuple(weights[base_key].shape), b.shape[0], a.shape[1])
-    layouts = _resolve_layouts(plan, layout)
+    layouts = _resolve_layouts(plan, layout, meta.get("weight_layout"))
     scales = {key: scale(pairs[wanted[key]][0].shape[0]) for key in mapping}  # all checks before any math
 
     out = dict(weights)
@@ -184,24 +191,26 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
 
 
 def merge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto", unmerge=False,  # pylint: disable=redefined-builtin
-                     lora_alpha=None, use_rslora=False):
-    """:func:`merge_weights`, then write ``out`` (.ckpt / .safetensors, atomically) if given.
+                     lora_alpha=None, use_rslora=False, overwrite=False):
+    """:func:`merge_weights`, then write ``out`` (.ckpt / .safetensors, atomically) if given: never onto
+    ``base`` or ``adapter``, onto an existing file only with ``overwrite=True``.
     Returns the merged ``{name: numpy array}``."""
     if out is not None:
         _files.check_output_path(out, format)
+        _files.check_new_output(out, [base, adapter], overwrite)
     merged = merge_weights(base, adapter, scaling, layout, unmerge, lora_alpha, use_rslora)
     if out is not None:
         _files.write_checkpoint(merged, out, format)
     return merged
 
 
-def unmerge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto"):  # pylint: disable=redefined-builtin
+def unmerge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto", overwrite=False):  # pylint: disable=redefined-builtin
     """W = W' - s·B·A: undo :func:`merge_checkpoint` (exact up to the base dtype's rounding)."""
-    return merge_checkpoint(base, adapter, out, format, scaling, layout, unmerge=True)
+    return merge_checkpoint(base, adapter, out, format, scaling, layout, unmerge=True, overwrite=overwrite)
 
 
 def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=None, use_rslora=False,  # pylint: disable=redefined-builtin
-                          layout="auto"):
+                          layout="auto", overwrite=False):
     """Merge a MindFormers LoRA checkpoint (base and LoRA weights in one file) into a plain base.
 
     The LoRA pairs are added to their base weights; the LoRA entries and training states
@@ -210,6 +219,7 @@ def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=N
     """
     if out is not None:
         _files.check_output_path(out, format)
+        _files.check_new_output(out, [src], overwrite)
     tensors = _as_base(src)
     lora = {k: v for k, v in tensors.items() if is_lora_name(k) and not is_state_key(k)}
     if not lora:
@@ -223,7 +233,8 @@ def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=N
     return merged
 
 
-def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None, layout="auto", strict=True):  # pylint: disable=redefined-builtin
+def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None, layout="auto", strict=True,  # pylint: disable=redefined-builtin
+                  overwrite=False):
     """Merge an adapter into a network or a base checkpoint.
 
     * A network with LoRA cells: the adapter (if given) is loaded with :func:`load_adapter`, then every
@@ -258,4 +269,4 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
         return net
     if adapter is None:
         raise ValueError("adapter is required to merge into a checkpoint")
-    return merge_checkpoint(net_or_base, adapter, out, format, scaling, layout)
+    return merge_checkpoint(net_or_base, adapter, out, format, scaling, layout, overwrite=overwrite)

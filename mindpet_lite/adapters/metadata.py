@@ -5,7 +5,11 @@ safetensors header entry ``mindpet_lite``)::
 
     {"format_version": 1, "kind": "lora_adapter", "toolkit": "mindpet_lite", "toolkit_version": "0.1.0",
      "pet_config": {LoraConfig.to_dict()}, "scaling": 2.0,
-     "base_fingerprint": {"sha256": "...", "params": 21, "numel": 123456}, "source": "mindpet_lite"}
+     "base_fingerprint": {"sha256": "...", "params": 21, "numel": 123456}, "source": "mindpet_lite",
+     "weight_layout": "out_in"}
+
+``weight_layout`` says how the adapted layers store W ([out, in] for nn.Dense, [in, out] for a
+MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
 The same ``LoraConfig`` that the YAML produced is written here and read back by load, merge and
 export through :func:`lora_config`: the scaling always comes from ``LoraConfig.scaling`` (the stored
@@ -64,6 +68,14 @@ def build_metadata(config, fingerprint, source="mindpet_lite", **extra):
             "scaling": config.scaling if config is not None else None, "base_fingerprint": fingerprint}
     meta.update(extra)
     return meta
+
+
+def weight_layout(net):
+    """'out_in' ([out, in], nn.Dense / Hugging Face) or 'in_out' (a MindFormers Linear with
+    ``transpose_b=False``) when every LoRA cell of ``net`` agrees, else None. Merging a checkpoint reads
+    it: square weights do not tell their layout by their shape."""
+    layouts = {"out_in" if getattr(cell, "transpose_b", True) else "in_out" for cell in lora_cells(net).values()}
+    return layouts.pop() if len(layouts) == 1 else None
 
 
 def is_ours(meta):

@@ -77,15 +77,16 @@ def _target_modules(hf_modules, lora_config):
     return "^(?:" + "|".join(re.escape(p) for p in sorted(hf_modules)) + ")$"
 
 
-def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None):
+def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False):
     """Write a Hugging Face PEFT LoRA directory from an adapter.
 
     Args:
         adapter: an adapter file (or a ``(tensors, metadata)`` pair) holding built-in Llama names.
         out_dir: the directory to write ``adapter_config.json`` and ``adapter_model.safetensors`` to
-            (created; existing files of those names are replaced atomically).
+            (created; existing files of those names are replaced, atomically, only with ``overwrite``).
         base_model_name_or_path: recorded in the config (None: pass the base model to PeftModel yourself).
-        lora_alpha, use_rslora: needed only for adapters without metadata (MindFormers files).
+        lora_alpha, use_rslora: for adapters without metadata (MindFormers files); an adapter with
+            metadata keeps its own, and a different value is an error.
 
     Returns:
         The adapter_config dict written.
@@ -97,6 +98,9 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     _checks.check_str("out_dir", out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"out_dir must be a directory, got a file: {out_dir}")
+    source = [adapter] if isinstance(adapter, str) else []
+    _files.check_new_output(os.path.join(out_dir, WEIGHTS_NAME), source, overwrite, what="out_dir file")
+    _files.check_new_output(os.path.join(out_dir, CONFIG_NAME), source, overwrite, what="out_dir file")
     if isinstance(adapter, str):
         tensors, meta = _meta.read_adapter_file(adapter)
     elif isinstance(adapter, tuple) and len(adapter) == 2:
@@ -104,6 +108,8 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
+    _check_override(lora_config, lora_alpha, use_rslora)
+    _checks.check_finite_arrays("the adapter", tensors)
     pairs, extras = names.split_lora_pairs(tensors)
     if not pairs:
         raise ValueError("the adapter holds no LoRA pairs to export")
@@ -158,6 +164,18 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
+
+
+def _check_override(lora_config, lora_alpha, use_rslora):
+    """lora_alpha / use_rslora given for an adapter that records its own must agree with it: the
+    exported scaling would otherwise differ from the one it was trained with."""
+    if lora_config is None:
+        return
+    for key, given, own in (("lora_alpha", lora_alpha, lora_config.lora_alpha),
+                            ("use_rslora", use_rslora, lora_config.use_rslora)):
+        if given is not None and given != own:
+            raise ValueError(f"{key}={given!r} differs from the adapter's own {key}={own!r} (its metadata): "
+                             f"the exported scaling would not be the trained one; leave {key} out")
 
 
 def _read_config(peft_dir):
@@ -238,6 +256,7 @@ def read_peft_adapter(peft_dir):
     if not any(k.endswith(LORA_A) for k in tensors):
         raise ValueError(f"{weights} holds no LoRA weights")
     names.split_lora_pairs(tensors)  # every A has its B
+    _checks.check_finite_arrays(weights, tensors)
     lora_config = LoraConfig(lora_rank=int(rank), lora_alpha=config["lora_alpha"],
                              lora_dropout=float(config.get("lora_dropout") or 0.0),
                              use_rslora=bool(config.get("use_rslora", False)),
@@ -255,11 +274,13 @@ def _jsonable(value):
         return False
 
 
-def import_peft(peft_dir, out=None, format=None):  # pylint: disable=redefined-builtin
+def import_peft(peft_dir, out=None, format=None, overwrite=False):  # pylint: disable=redefined-builtin
     """Convert a PEFT LoRA directory to an adapter file (``out``, .ckpt / .safetensors) that
-    :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``."""
+    :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``. ``out`` is never
+    inside ``peft_dir``; an existing ``out`` needs ``overwrite=True``."""
     if out is not None:
         _files.check_output_path(out, format)
+        _files.check_new_output(out, [peft_dir], overwrite)
     tensors, meta = read_peft_adapter(peft_dir)
     if out is not None:
         _meta.write_adapter_file({k: np.asarray(v) for k, v in tensors.items()}, out, meta, format)

@@ -21,7 +21,7 @@ import numpy as np
 from mindspore.mindrecord import FileWriter
 
 from mindpet_lite._checks import check_bool, check_positive_int, describe
-from mindpet_lite._files import atomic_write
+from mindpet_lite._files import atomic_write, check_new_output
 from mindpet_lite.data.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def convert_alpaca(src, dst, tokenizer, seq_length, template=None, overwrite=Fal
     Raises:
         FileNotFoundError: `src` does not exist.
         FileExistsError: `dst` (or ``dst.db``) exists and `overwrite` is False.
+        ValueError: `dst` (or ``dst.db``) is `src`, even with `overwrite`.
         TypeError / ValueError: bad `seq_length`, template or tokenizer; a record that is not an
             object, lacks ``instruction`` / ``output`` or has a non-string value (the message names
             the record index and the key); no example left to write.
@@ -174,10 +175,8 @@ def convert_alpaca(src, dst, tokenizer, seq_length, template=None, overwrite=Fal
         raise FileNotFoundError(f"alpaca source file not found: {src}")
     if os.path.isdir(dst):
         raise ValueError(f"dst must be a file path, got the directory {dst}")
-    if not overwrite:
-        for path in (dst, dst + ".db"):
-            if os.path.exists(path):
-                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    for path in (dst, dst + ".db"):  # never the source, an existing one only with overwrite
+        check_new_output(path, [src], overwrite, what="dst")
     template = _check_template(template)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
