@@ -3,12 +3,16 @@
 A parameter name (as `Cell.parameters_and_names()` gives it) matching an include pattern only is
 frozen (requires_grad False); matching an exclude pattern only is unfrozen; matching both or neither
 is left untouched. Patterns are `fnmatch` globs, case-sensitive.
+
+Each call plans the new requires_grad of every parameter first and changes nothing when the plan is
+refused: a freeze that would leave nothing trainable is a ValueError (training would learn nothing);
+a pattern that matches no parameter is a warning naming it (usually a typo). Patterns are compiled
+once per call, so long pattern lists cost one regex per pattern, not one per pattern and parameter.
 """
 import fnmatch
 import logging
-import os
+import re
 
-import yaml
 from mindspore import nn
 
 from mindpet_lite import _checks
@@ -24,8 +28,56 @@ def _check_model(model):
         raise TypeError(f"model must be a mindspore.nn.Cell, got {_checks.describe(model)}")
 
 
-def _matches(name, patterns):
-    return patterns is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+def _check_patterns(include, exclude):
+    if include is not None:
+        _checks.check_str_list("include", include)
+    if exclude is not None:
+        _checks.check_str_list("exclude", exclude)
+
+
+def _matcher(patterns):
+    """{pattern: compiled regex} of a glob list (each glob compiled once; duplicates once)."""
+    return {p: re.compile(fnmatch.translate(p)) for p in dict.fromkeys(patterns or ())}
+
+
+def _plan(state, include, exclude, unmatched):
+    """New {name: requires_grad} after one include / exclude pass over ``state``; the patterns that
+    matched nothing are added to ``unmatched`` ({pattern: which list})."""
+    inc, exc = _matcher(include), _matcher(exclude)
+    hit = set()
+    out = {}
+    for name, trainable in state.items():
+        inc_hits = [p for p, rx in inc.items() if rx.match(name)]
+        exc_hits = [p for p, rx in exc.items() if rx.match(name)]
+        hit.update(inc_hits, exc_hits)
+        if inc_hits and not exc_hits:
+            trainable = False
+        elif exc_hits and not inc_hits:
+            trainable = True
+        out[name] = trainable
+    for which, patterns in (("include", inc), ("exclude", exc)):
+        unmatched.update({p: which for p in patterns if p not in hit})
+    return out
+
+
+def _apply(model, plan, unmatched, what):
+    """Refuse a plan with nothing trainable, warn about unmatched patterns, then set requires_grad."""
+    params = dict(model.parameters_and_names())
+    if params and not any(plan.values()):
+        raise ValueError(f"{what} would leave no parameter trainable ({len(params)} parameters, all frozen): "
+                         "check the patterns (and that the delta cells are in the network)")
+    for pattern, which in unmatched.items():
+        logger.warning("%s: %s pattern %r matches no parameter", what, which, pattern)
+    changed = 0
+    for name, trainable in plan.items():
+        if params[name].requires_grad != trainable:
+            params[name].requires_grad = trainable
+            changed += 1
+    logger.info("%s: %d parameters changed, %d of %d trainable", what, changed, sum(plan.values()), len(plan))
+
+
+def _state(model):
+    return {name: p.requires_grad for name, p in model.parameters_and_names()}
 
 
 def freeze_modules(model, include=None, exclude=None):
@@ -34,21 +86,10 @@ def freeze_modules(model, include=None, exclude=None):
     if include is None and exclude is None:
         raise ValueError("freeze_modules needs include or exclude (a non-empty list of glob strings), "
                          "got both None")
-    if include is not None:
-        _checks.check_str_list("include", include)
-    if exclude is not None:
-        _checks.check_str_list("exclude", exclude)
-    frozen = unfrozen = 0
-    for name, param in model.parameters_and_names():
-        inc, exc = _matches(name, include), _matches(name, exclude)
-        if inc and not exc:
-            param.requires_grad = False
-            frozen += 1
-        elif exc and not inc:
-            param.requires_grad = True
-            unfrozen += 1
-    logger.info("freeze_modules: include=%s exclude=%s -> %d frozen, %d unfrozen",
-                include, exclude, frozen, unfrozen)
+    _check_patterns(include, exclude)
+    unmatched = {}
+    plan = _plan(_state(model), include, exclude, unmatched)
+    _apply(model, plan, unmatched, "freeze_modules")
 
 
 def freeze_delta(model, mode, include=None, exclude=None):
@@ -58,15 +99,18 @@ def freeze_delta(model, mode, include=None, exclude=None):
     if not isinstance(mode, str) or mode.lower() not in DELTA_MODES:
         raise ValueError(f"mode must be one of {list(DELTA_MODES)} (case-insensitive), "
                          f"got {_checks.describe(mode)}")
-    if include is not None:
-        _checks.check_str_list("include", include)
-    if exclude is not None:
-        _checks.check_str_list("exclude", exclude)
+    _check_patterns(include, exclude)
     mode = mode.lower()
     keep = "*bias" if mode == "bitfit" else f"*mindpet_delta_{mode}*"
-    freeze_modules(model, include=["*"], exclude=[keep])
+    unmatched = {}
+    plan = _plan(_state(model), ["*"], [keep], unmatched)
+    unmatched.pop("*", None)
+    if unmatched:
+        raise ValueError(f"freeze_delta: the network has no {mode} parameters (none matches {keep!r}): "
+                         "apply the delta cells first (get_pet_model)")
     if include or exclude:
-        freeze_modules(model, include, exclude)
+        plan = _plan(plan, include, exclude, unmatched)
+    _apply(model, plan, unmatched, f"freeze_delta({mode!r})")
 
 
 def freeze_from_config(model, config_path):
@@ -76,11 +120,8 @@ def freeze_from_config(model, config_path):
         raise TypeError(f"config_path must be a string path to a YAML file, got {_checks.describe(config_path)}")
     if not config_path:
         raise ValueError("config_path must be a non-empty path to a YAML file, got ''")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"config_path: no such file: {config_path}")
-    with open(config_path, encoding="utf-8") as f:
-        content = yaml.safe_load(f)
-    if not isinstance(content, dict) or "freeze" not in content:
+    content = _checks.load_yaml_mapping(config_path, "freeze config")
+    if "freeze" not in content:
         raise ValueError(f"{config_path}: missing required key 'freeze' (a mapping with include and/or exclude)")
     spec = content["freeze"]
     if not isinstance(spec, dict):
@@ -109,7 +150,12 @@ def get_adapter_params(net):
 def set_trainable_params(net, names):
     """requires_grad True for exactly the parameters named in `names`, False for all others."""
     _check_model(net)
+    if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be a collection of parameter names (e.g. a list or a dict), "
+                        f"got {_checks.describe(names)}")
     names = set(names)
+    if not names:
+        raise ValueError("names is empty: set_trainable_params would leave no parameter trainable")
     known = {name for name, _ in net.parameters_and_names()}
     missing = sorted(names - known)
     if missing:
