@@ -15,7 +15,7 @@ def _add_finetune(sub):
 
     def run(args):
         from mindpet_lite.train.run_config import load_run_config  # pylint: disable=import-outside-toplevel
-        from mindpet_lite.train.trainer import finetune  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.train import finetune  # pylint: disable=import-outside-toplevel
         try:
             finetune(load_run_config(args))
         except (ValueError, TypeError, KeyError, FileNotFoundError, NotImplementedError) as err:

@@ -29,7 +29,7 @@ def build_parser(prog="python -m mindpet_lite.run"):
 
 def run(args, extra=None):
     """Fine-tune as the parsed flags (and extra ``--section.key value`` pairs) say; returns the exit status."""
-    from mindpet_lite.train.trainer import finetune  # pylint: disable=import-outside-toplevel
+    from mindpet_lite.train import finetune  # pylint: disable=import-outside-toplevel
     try:
         config = load_run_config(args, extra)
         finetune(config)

@@ -91,7 +91,7 @@ def test_demo_base_checkpoint_fits_the_demo_config():
     from mindpet_lite.models.llama import LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
     from mindpet_lite.train.run_config import RunConfig
-    from mindpet_lite.train.trainer import load_base_checkpoint
+    from mindpet_lite.train import load_base_checkpoint
     cfg = RunConfig.from_yaml(os.path.join(REPO, "configs", "tiny_llama", "lora_cpu.yaml"))
     ckpt = os.path.join(REPO, "configs", "tiny_llama", "tiny_llama_base.ckpt")
     assert os.path.getsize(ckpt) < 4 * 2 ** 20

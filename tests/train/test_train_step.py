@@ -7,7 +7,7 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from mindpet_lite.train.trainer import TrainStep
+from mindpet_lite.train.step import TrainStep
 
 LR = 0.1
 

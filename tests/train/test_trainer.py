@@ -9,7 +9,7 @@ import pytest
 
 from mindpet_lite.run import main
 from mindpet_lite.train.run_config import LrScheduleConfig
-from mindpet_lite.train.trainer import lr_values, warmup_steps_for
+from mindpet_lite.train.schedule import lr_values, warmup_steps_for
 from tests.train import tiny
 
 
@@ -102,7 +102,7 @@ def _score_afresh(base, data, pet_config, adapter, step):
     from mindpet_lite.data import create_dataset
     from mindpet_lite.models import LlamaConfig, LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
-    from mindpet_lite.train.trainer import evaluate, load_base_checkpoint
+    from mindpet_lite.train import evaluate, load_base_checkpoint
     net = LlamaForCausalLM(LlamaConfig.from_dict(tiny.MODEL))
     load_base_checkpoint(net, base)
     get_pet_model(net, pet_config)
@@ -221,7 +221,7 @@ def test_config_typo(tiny_assets, tmp_path, capsys):
 
 def test_more_workers_or_batch_than_data(tiny_assets, tmp_path, capsys):
     from mindpet_lite.train.run_config import RunConfig
-    from mindpet_lite.train.trainer import _open_data
+    from mindpet_lite.train.job import _open_data
     base, train, _ = tiny_assets
     out = str(tmp_path / "o")
     _fails(tiny.flags(base, train, out, "--batch_size", "64"), capsys, "fewer than batch_size=64", out)
@@ -247,7 +247,7 @@ def test_resume_without_checkpoint_and_msrun_without_use_parallel(tiny_assets, t
 def test_load_base_checkpoint_from_rank_dirs(tiny_assets, tmp_path):
     import shutil
     from mindpet_lite.models.llama import LlamaForCausalLM, LlamaConfig
-    from mindpet_lite.train.trainer import load_base_checkpoint
+    from mindpet_lite.train import load_base_checkpoint
     base, _, _ = tiny_assets
     for rank in (0, 1):
         os.makedirs(tmp_path / "dist" / f"rank_{rank}")
