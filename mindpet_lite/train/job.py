@@ -157,7 +157,8 @@ def _setup_parallel(cfg):
     """(rank_id, rank_size): (0, 1) alone; under msrun with use_parallel, init() + DATA_PARALLEL
     (gradients_mean) via mindpet_lite.train.parallel. Runs before any data is read: in msrun's
     scheduler process init() never returns."""
-    return init_parallel(cfg.device_target, cfg.use_parallel, cfg.data_parallel if cfg.use_parallel else None)
+    return init_parallel(cfg.device_target, cfg.use_parallel, cfg.data_parallel if cfg.use_parallel else None,
+                         device_id=cfg.device_id)
 
 
 def _open_data(cfg, dc, batch_size, rank_id, rank_size, repeat, train):
