@@ -11,20 +11,10 @@ from mindpet_lite.run import main
 from mindpet_lite.train.run_config import LrScheduleConfig
 from mindpet_lite.train.schedule import lr_values, warmup_steps_for
 from tests.train import tiny
+from tests.reference import lr_schedule
 
 
 # ---- lr schedule against a numpy formula ---------------------------------------------------------
-def _numpy_lr(kind, lr, total, warmup, lr_end=0.0, lr_init=0.0):
-    t = np.arange(1, total + 1, dtype=np.float64)
-    warm = lr_init + (lr - lr_init) * t / max(warmup, 1)
-    if kind == "constant":
-        after = np.full_like(t, lr)
-    else:
-        progress = np.clip((t - 1 - warmup) / max(total - warmup, 1), 0, 1)
-        after = lr_end + (lr - lr_end) * 0.5 * (1 + np.cos(np.pi * progress))
-    return np.where(t <= warmup, warm, after)
-
-
 @pytest.mark.parametrize("kind, total, ratio, steps, lr_end, lr_init", [
     ("cosine", 100, 0.1, None, 0.0, 0.0),
     ("cosine", 37, 0.03, None, 1e-5, 0.0),
@@ -38,7 +28,7 @@ def test_lr_schedule_matches_numpy(kind, total, ratio, steps, lr_end, lr_init):
                              lr_end=lr_end, warmup_lr_init=lr_init)
     warmup = warmup_steps_for(sched, total)
     assert warmup == (steps if steps is not None else int(ratio * total))
-    np.testing.assert_allclose(lr_values(sched, total), _numpy_lr(kind, 1e-3, total, warmup, lr_end, lr_init),
+    np.testing.assert_allclose(lr_values(sched, total), lr_schedule(kind, 1e-3, total, warmup, lr_end, lr_init),
                                rtol=1e-6, atol=1e-12)
 
 
