@@ -69,9 +69,6 @@ def test_atomic_write_without_its_companion_leaves_neither(tmp_path):
     assert _listing(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported): the new main file replaces the old one before the missing "
-                                       "companion is noticed, then is removed: the old file is lost and its old "
-                                       ".db is left without it, though the docstring says 'path is as it was'")
 def test_atomic_write_without_its_companion_keeps_the_old_pair(tmp_path):
     path = str(tmp_path / "data.mindrecord")
     for suffix, content in (("", b"old records"), (".db", b"old index")):
