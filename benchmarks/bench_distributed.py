@@ -8,7 +8,7 @@ Run (from anywhere; ~4 min):
 Each run is launched with the project's `scripts/msrun_launcher.sh` (WORKER_NUM 1 runs the command
 directly, WORKER_NUM 2 under msrun with MindSpore's own CPU collectives), and each worker runs the
 project's training step: `mindpet_lite.train.parallel.init_parallel` (DATA_PARALLEL, gradients_mean),
-the built-in tiny Llama (hidden 512, 4 layers, seq 256), `mindpet_lite.train.trainer.TrainStep` with
+the built-in tiny Llama (hidden 512, 4 layers, seq 256), `mindpet_lite.train.step.TrainStep` with
 `nn.DistributedGradReducer` and clipping at 1.0, AdamWeightDecay. Same global batch in both cases:
 1 worker x batch 8, or 2 workers x batch 4 (each worker its half of the same rows).
 
@@ -44,7 +44,7 @@ def worker(args):
     from mindspore.communication import GlobalComm
     from mindpet_lite.models.llama import LlamaConfig, LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
-    from mindpet_lite.train import trainer as T
+    import mindpet_lite.train as T
     from types import SimpleNamespace
 
     cfg = dict(SIZES["tiny"])

@@ -19,7 +19,7 @@ Two parts:
 
 Step = loss, gradients of the trainable parameters, AdamWeightDecay update (GRAPH_MODE, float32, CPU,
 2 threads). Step cells: `ref` = nn.TrainOneStepCell (stock MindSpore); `trainer` = the project's
-mindpet_lite.train.trainer.TrainStep with build_optimizer, as the demo config runs it (loss scale 1,
+mindpet_lite.train.step.TrainStep with build_optimizer, as the demo config runs it (loss scale 1,
 global-norm clipping at 1.0). LoRA: `mindpet_lite.pet.get_pet_model`, r=8, alpha=16, target_modules
 '.*wq|.*wk|.*wv|.*wo'. Full: every parameter trainable. Random init, random tokens; the data rows hold
 seq+1 tokens (MindFormers' convention), so each step reads batch x seq tokens.
@@ -70,7 +70,7 @@ def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0, recompute=False):
     n_train = sum(int(np.prod(p.shape)) for p in params)
     n_total = sum(int(np.prod(p.shape)) for p in net.get_parameters())
     if step_impl in ("trainer", "trainer-noclip"):
-        from mindpet_lite.train import trainer as T
+        import mindpet_lite.train as T
         step = _trainer_step(T, net, params, lr, clip=step_impl == "trainer")
     else:
         opt = nn.AdamWeightDecay(params, learning_rate=lr, weight_decay=0.0)
@@ -131,7 +131,7 @@ def main():
     parser.add_argument("--sizes", default="tiny,larger")
     parser.add_argument("--step", default="ref,trainer",
                         help="step cells, comma-separated: ref = nn.TrainOneStepCell + nn.AdamWeightDecay; "
-                             "trainer = mindpet_lite.train.trainer.TrainStep (clip 1.0) + build_optimizer; "
+                             "trainer = mindpet_lite.train.step.TrainStep (clip 1.0) + build_optimizer; "
                              "trainer-noclip = the same without clipping")
     parser.add_argument("--mem-step", default="trainer", help="step cells of the memory / compile runs")
     parser.add_argument("--mem-sizes", default="",

@@ -17,7 +17,7 @@ Every configuration: the project's TrainStep (AdamWeightDecay, weight decay 0, g
 1.0), batch 32, `--epochs` epochs (24 x 84 = 2,016 steps: every method has converged there; at the
 demo's 8 epochs LoRA is still under-fitted: attention r=8 ends with train loss 0.075, the same as its
 validation loss 0.080, at 72% exact match, and reaches 99.6% at 24), warmup 5% then cosine to lr/20, seed 0; a fresh process each (peak
-RSS is that configuration's). Held-out metrics (mindpet_lite.train.trainer.evaluate, teacher forcing):
+RSS is that configuration's). Held-out metrics (mindpet_lite.train.evaluate, teacher forcing):
 loss per answer token, answer-token accuracy, exact match (every answer token right = the label).
 
   full            every parameter trainable
@@ -81,7 +81,7 @@ def run(args):
     from mindpet_lite.data import create_dataset
     from mindpet_lite.models.llama import LlamaConfig, LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
-    from mindpet_lite.train import trainer as T
+    import mindpet_lite.train as T
     rss0 = C.peak_rss_mb()
     with open(BASE_JSON, encoding="utf-8") as f:
         model_config = json.load(f)["model_config"]

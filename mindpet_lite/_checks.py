@@ -2,7 +2,12 @@
 
 Each check raises a built-in exception whose message names the argument, the value received and
 what is allowed, e.g. ``lora_rank must be an int > 0, got 0 (int)``. Checks run before any work.
+
+Here too: the one reader of booleans written as text (:func:`to_bool`, :func:`bool_arg` for argparse),
+the one "unknown key, did you mean" checker (:func:`split_known_keys`) and the command line's exit
+status for an exception (:func:`exit_status`).
 """
+import argparse
 import difflib
 import numbers
 import os
@@ -41,12 +46,54 @@ def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_positive_int(name, value):
+def _range_text(minimum=None, maximum=None, above=None, below=None):
+    """'>= 0 and < 1' for the bounds that are given ('' when none is)."""
+    parts = [f"{op} {bound}" for op, bound in ((">", above), (">=", minimum), ("<", below), ("<=", maximum))
+             if bound is not None]
+    return " and ".join(parts)
+
+
+def _in_range(value, minimum=None, maximum=None, above=None, below=None):
+    return ((minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+            and (above is None or value > above) and (below is None or value < below))
+
+
+def check_int(name, value, minimum=None, maximum=None, above=None, below=None):
+    """An int (not a bool) within the given bounds: ``minimum``/``maximum`` inclusive,
+    ``above``/``below`` exclusive."""
+    allowed = " ".join(filter(None, ("an int", _range_text(minimum, maximum, above, below))))
     if not is_int(value):
-        raise TypeError(f"{name} must be an int > 0, got {describe(value)}")
-    if value <= 0:
-        raise ValueError(f"{name} must be an int > 0, got {describe(value)}")
+        raise TypeError(f"{name} must be {allowed}, got {describe(value)}")
+    if not _in_range(value, minimum, maximum, above, below):
+        raise ValueError(f"{name} must be {allowed}, got {describe(value)}")
     return int(value)
+
+
+def check_positive_int(name, value):
+    """An int > 0 (not a bool)."""
+    return check_int(name, value, above=0)
+
+
+def check_number(name, value, minimum=None, maximum=None, above=None, below=None):
+    """An int or float (not a bool) within the given bounds (as :func:`check_int`)."""
+    allowed = " ".join(filter(None, ("a number", _range_text(minimum, maximum, above, below))))
+    if not is_number(value):
+        hint = ""
+        if isinstance(value, str) and reads_as_float(value):
+            hint = " (YAML reads 1e-5 as a string: write 1.0e-5)"
+        raise TypeError(f"{name} must be {allowed}, got {describe(value)}{hint}")
+    if not _in_range(value, minimum, maximum, above, below):
+        raise ValueError(f"{name} must be {allowed}, got {describe(value)}")
+    return value
+
+
+def reads_as_float(text):
+    """True for text that float() reads (YAML 1.1 reads 1e-5, without a dot, as such a string)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_lora_alpha(name, value):
@@ -81,9 +128,29 @@ def to_float_dtype(name, value, allow_none=False):
 
 
 def check_bool(name, value):
+    """A bool, strictly (for arguments of functions; text from a file or a flag goes to :func:`to_bool`)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {describe(value)}")
     return value
+
+
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def to_bool(name, value):
+    """A bool from a bool or the text true / false in any case, as MindFormers' ``str2bool`` reads
+    flags (``--use_parallel True``) and as a YAML override may carry them."""
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    return check_bool(name, value)
+
+
+def bool_arg(text):
+    """argparse ``type=`` for boolean flags: :func:`to_bool` with argparse's error type."""
+    try:
+        return to_bool("value", text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(f"expected True or False (any case), got {text!r}") from None
 
 
 def check_str(name, value, allow_empty=False):
@@ -104,10 +171,29 @@ def check_str_list(name, value):
     return value
 
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {describe(value)}")
-    return value
+def check_choice(name, value, choices, note=""):
+    """``value`` if it is one of ``choices`` (a bool never stands for 0 or 1); the error suggests
+    the closest choice (``cpu`` -> ``CPU``). ``note`` says what the choices mean."""
+    is_bool_for_number = isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)
+    try:
+        known = value in choices and not is_bool_for_number
+    except TypeError:  # unhashable value
+        known = False
+    if known:
+        return value
+    allowed = sorted(choices) if isinstance(choices, (set, frozenset)) else list(choices)
+    hint = _closest_choice(value, allowed)
+    hint = f"; did you mean {hint!r}?" if hint is not None else ""
+    note = f" {note}" if note else ""
+    raise ValueError(f"{name} must be one of {allowed}{note}, got {describe(value)}{hint}")
+
+
+def _closest_choice(value, choices):
+    if not isinstance(value, str):
+        return None
+    texts = [c for c in choices if isinstance(c, str)]
+    same_but_case = [c for c in texts if c.lower() == value.lower()]
+    return same_but_case[0] if same_but_case else closest(value, texts)
 
 
 def check_finite_arrays(what, arrays):
@@ -125,13 +211,32 @@ def closest(key, valid):
     return hits[0] if hits else None
 
 
-def check_known_keys(section, keys, valid):
-    """Raise ValueError for the first key not in `valid`, suggesting the closest valid one."""
-    for key in keys:
-        if key not in valid:
+def split_known_keys(section, mapping, valid, known_ignored=(), strict=False):
+    """Split a mapping of settings into the keys the caller reads and the keys it skips.
+
+    Keys in ``valid`` are used; keys in ``known_ignored`` (what MindFormers files carry for features
+    the caller does not have) are skipped. Any other key is an error when ``strict``; otherwise it is
+    an error only when it is close to a valid key (a typo, which would otherwise be silently
+    ignored), and skipped when it is not. Errors name the section, the key and the closest valid key.
+
+    Returns:
+        (used, ignored): ``{key: value}`` of the valid keys, and the list of skipped keys, both in
+        the mapping's order.
+    """
+    if not isinstance(mapping, dict):
+        raise TypeError(f"{section} must be a mapping, got {describe(mapping)}")
+    used, ignored = {}, []
+    for key, value in mapping.items():
+        if key in valid:
+            used[key] = value
+            continue
+        if key not in known_ignored:
             hint = closest(key, valid)
-            hint = f"; did you mean '{hint}'?" if hint else ""
-            raise ValueError(f"{section}: unknown key '{key}'{hint} (valid keys: {', '.join(sorted(valid))})")
+            if strict or hint is not None:
+                hint = f"; did you mean '{hint}'?" if hint is not None else ""
+                raise ValueError(f"{section}: unknown key '{key}'{hint} (valid keys: {', '.join(map(str, valid))})")
+        ignored.append(key)
+    return used, ignored
 
 
 def load_yaml_mapping(path, what):
@@ -156,3 +261,15 @@ def short_list(names, limit=12):
     names = sorted(names)
     more = f" ... (+{len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+# The command line's exit status (cli.py, run.py): 2 when what the user typed or pointed at is wrong
+# (a bad value, a missing or misplaced file, an output that exists, an unsupported request), 1 for a
+# failure while working (any other error: I/O, the runtime, a non-finite loss, ...), 0 on success.
+INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                FileExistsError, NotImplementedError)
+
+
+def exit_status(err):
+    """2 for an error of :data:`INPUT_ERRORS` (bad input), 1 for any other (a failure while working)."""
+    return 2 if isinstance(err, INPUT_ERRORS) else 1

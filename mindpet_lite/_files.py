@@ -160,8 +160,12 @@ def atomic_write(path, companions=()):
     moved = []
     try:
         yield tmp
-        for suffix in ("",) + tuple(companions):
+        suffixes = ("",) + tuple(companions)
+        for suffix in suffixes:  # all written, or nothing is moved and the old files stay
+            if not os.path.isfile(tmp + suffix):
+                raise FileNotFoundError(f"the write of {path + suffix} left no file")
             os.chmod(tmp + suffix, 0o644)  # mindspore leaves checkpoints read-only
+        for suffix in suffixes:
             os.replace(tmp + suffix, path + suffix)
             moved.append(path + suffix)
     except BaseException:

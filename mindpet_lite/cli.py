@@ -1,7 +1,39 @@
-"""`mindpet-lite` command line: argparse only, each subcommand a thin call into the package."""
+"""`mindpet-lite` command line: argparse only, each subcommand a thin call into the package.
+
+Exit status (every subcommand, and ``python -m mindpet_lite.run``):
+  0  success
+  2  bad input: what you typed or pointed at is wrong (a bad value or key, a missing file or
+     directory, an output that exists without --overwrite, an unsupported request); one line on
+     stderr says which. Raised as ValueError, TypeError, KeyError, FileNotFoundError,
+     IsADirectoryError, NotADirectoryError, FileExistsError or NotImplementedError.
+  1  a failure while working (another OSError, RuntimeError, FloatingPointError, ...): one line on
+     stderr, the traceback in the log.
+Subcommands import their modules when they run, so that ``--help`` is quick.
+"""
 import argparse
 import logging
 import sys
+
+from mindpet_lite import _checks
+
+EXIT_STATUS_HELP = ("exit status: 0 success; 2 bad input (a bad value or key, a missing file, an output that "
+                    "exists: the message says which); 1 a failure while working (I/O, runtime)")
+
+
+def _command(name, work):
+    """The subcommand's entry: run ``work(args)``; an exception becomes one line on stderr and the exit
+    status of the module docstring (a failure while working also logs its traceback)."""
+    def run(args):
+        try:
+            work(args)
+        except Exception as err:  # pylint: disable=broad-except  # turned into the exit status
+            status = _checks.exit_status(err)
+            if status == 1:
+                logging.getLogger("mindpet_lite.cli").error("mindpet-lite %s failed", name, exc_info=err)
+            print(f"mindpet-lite {name}: error: {err}", file=sys.stderr)
+            return status
+        return 0
+    return run
 
 
 # ---- finetune / data (train, data) ------------------------------------------------------------
@@ -13,17 +45,11 @@ def _add_finetune(sub):
                                    "--options KEY=VALUE sets any other key. Same as python -m mindpet_lite.run.")
     add_run_arguments(p)
 
-    def run(args):
-        from mindpet_lite.train.run_config import load_run_config  # pylint: disable=import-outside-toplevel
-        from mindpet_lite.train.trainer import finetune  # pylint: disable=import-outside-toplevel
-        try:
-            finetune(load_run_config(args))
-        except (ValueError, TypeError, KeyError, FileNotFoundError, NotImplementedError) as err:
-            print(f"mindpet-lite finetune: error: {err}", file=sys.stderr)
-            return 2
-        return 0
+    def work(args):
+        from mindpet_lite.train import finetune, load_run_config  # pylint: disable=import-outside-toplevel
+        finetune(load_run_config(args))
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_command("finetune", work))
 
 
 def _add_data(sub):
@@ -42,24 +68,19 @@ def _add_data(sub):
                         "(default: the Alpaca prompt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
 
-    def run(args):
+    def work(args):
         import json  # pylint: disable=import-outside-toplevel
         from mindpet_lite.data import convert_alpaca  # pylint: disable=import-outside-toplevel
-        try:
-            template = None
-            if args.template:
-                with open(args.template, encoding="utf-8") as f:
-                    template = json.load(f)
-            stats = convert_alpaca(args.src, args.dst, args.tokenizer, args.seq_length, template=template,
-                                   overwrite=args.overwrite)
-        except (ValueError, TypeError, KeyError, OSError, ImportError) as err:
-            print(f"mindpet-lite data: error: {err}", file=sys.stderr)
-            return 1
+        template = None
+        if args.template:
+            with open(args.template, encoding="utf-8") as f:
+                template = json.load(f)
+        stats = convert_alpaca(args.src, args.dst, args.tokenizer, args.seq_length, template=template,
+                               overwrite=args.overwrite)
         print(f"wrote {stats['dst']}: {stats['written']} rows of {stats['seq_length'] + 1} tokens "
               f"({stats['skipped']} skipped, {stats['truncated']} truncated, {stats['label_tokens']} label tokens)")
-        return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_command("data", work))
 
 
 # ---- adapters (merge, export-peft, import-peft, convert-base) ----------------------------------
@@ -80,27 +101,19 @@ def _add_merge(sub):
                    help="base weight layout: [out,in] (nn.Dense, HF) or [in,out] (transpose_b=False); auto reads shapes")
     p.add_argument("--unmerge", action="store_true", help="subtract the adapter instead (W = W' - s*B*A)")
 
-    def run(args):
+    def work(args):
         from mindpet_lite.adapters import merge  # pylint: disable=import-outside-toplevel
-        try:
-            if args.adapter is None:
-                if args.unmerge:
-                    raise ValueError("--unmerge needs --adapter")
-                merged = merge.merge_full_checkpoint(args.base, args.out, args.format, args.scaling,
-                                                     _alpha(args.lora_alpha), args.use_rslora, args.layout)
-            else:
-                merged = merge.merge_checkpoint(args.base, args.adapter, args.out, args.format, args.scaling,
-                                                args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora)
-        except (ValueError, TypeError, KeyError, OSError) as err:
-            print(f"mindpet-lite merge: error: {err}", file=sys.stderr)
-            return 1
+        if args.adapter is None:
+            if args.unmerge:
+                raise ValueError("--unmerge needs --adapter")
+            merged = merge.merge_full_checkpoint(args.base, args.out, args.format, args.scaling,
+                                                 _alpha(args.lora_alpha), args.use_rslora, args.layout)
+        else:
+            merged = merge.merge_checkpoint(args.base, args.adapter, args.out, args.format, args.scaling,
+                                            args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora)
         print(f"{'unmerged' if args.unmerge else 'merged'}: {args.out} ({len(merged)} tensors)")
-        return 0
 
-    def _alpha(value):
-        return int(value) if value is not None and float(value).is_integer() else value
-
-    p.set_defaults(func=run)
+    p.set_defaults(func=_command("merge", work))
 
 
 def _add_peft(sub):
@@ -117,34 +130,21 @@ def _add_peft(sub):
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
 
-    def run_export(args):
+    def work_export(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        alpha = args.lora_alpha
-        if alpha is not None and float(alpha).is_integer():
-            alpha = int(alpha)
-        try:
-            config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=alpha)
-        except (ValueError, TypeError, KeyError, OSError) as err:
-            print(f"mindpet-lite export-peft: error: {err}", file=sys.stderr)
-            return 1
+        config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha))
         print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
               f"target_modules={config['target_modules']})")
-        return 0
 
-    def run_import(args):
+    def work_import(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        try:
-            tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format)
-        except (ValueError, TypeError, KeyError, OSError) as err:
-            print(f"mindpet-lite import-peft: error: {err}", file=sys.stderr)
-            return 1
+        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format)
         cfg = meta["pet_config"]
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
-        return 0
 
-    exp.set_defaults(func=run_export)
-    imp.set_defaults(func=run_import)
+    exp.set_defaults(func=_command("export-peft", work_export))
+    imp.set_defaults(func=_command("import-peft", work_import))
 
 
 def _add_convert_base(sub):
@@ -160,38 +160,43 @@ def _add_convert_base(sub):
     p.add_argument("--model-config", help="from mindspore: YAML/JSON model_config (or run YAML) to write config.json")
     p.add_argument("--max-shard-size", type=int, help="from mindspore: bytes per safetensors shard")
 
-    def run(args):
+    def work(args):
         from mindpet_lite.adapters import convert  # pylint: disable=import-outside-toplevel
-        try:
-            if args.source == "hf":
-                tensors = convert.hf_to_mindspore(args.src, args.out, args.format)
-            else:
-                config = None
-                if args.model_config:
-                    import json  # pylint: disable=import-outside-toplevel
-                    import yaml  # pylint: disable=import-outside-toplevel
-                    from mindpet_lite.models.llama import LlamaConfig  # pylint: disable=import-outside-toplevel
-                    with open(args.model_config, encoding="utf-8") as f:
-                        is_json = args.model_config.endswith(".json")
-                        data = json.load(f) if is_json else yaml.safe_load(f)
-                    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-                        data = data["model"].get("model_config", data)
-                    config = LlamaConfig.from_dict(data)
-                tensors = convert.mindspore_to_hf(args.src, args.out, config, args.max_shard_size)
-        except (ValueError, TypeError, KeyError, OSError) as err:
-            print(f"mindpet-lite convert-base: error: {err}", file=sys.stderr)
-            return 1
+        if args.source == "hf":
+            tensors = convert.hf_to_mindspore(args.src, args.out, args.format)
+        else:
+            config = None
+            if args.model_config:
+                import json  # pylint: disable=import-outside-toplevel
+                import yaml  # pylint: disable=import-outside-toplevel
+                from mindpet_lite.models import LlamaConfig  # pylint: disable=import-outside-toplevel
+                with open(args.model_config, encoding="utf-8") as f:
+                    is_json = args.model_config.endswith(".json")
+                    data = json.load(f) if is_json else yaml.safe_load(f)
+                if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                    data = data["model"].get("model_config", data)
+                config = LlamaConfig.from_dict(data)
+            tensors = convert.mindspore_to_hf(args.src, args.out, config, args.max_shard_size)
         print(f"converted: {args.src} -> {args.out} ({len(tensors)} tensors)")
-        return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=_command("convert-base", work))
+
+
+def _alpha(value):
+    """A --lora-alpha read as float, as int when whole (16.0 -> 16, as the YAML would have it)."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="mindpet-lite", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mindpet-lite", epilog=EXIT_STATUS_HELP,
+                                     description="LoRA fine-tuning with MindFormers run YAMLs, and the tools "
+                                                 "around it: data conversion, merge, Hugging Face PEFT export "
+                                                 "and import, base checkpoint conversion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_finetune, _add_data, _add_merge, _add_peft, _add_convert_base):
         add(sub)
+    for subparser in sub.choices.values():
+        subparser.epilog = EXIT_STATUS_HELP
     return parser
 
 

@@ -3,40 +3,42 @@
     python -m mindpet_lite.run --config configs/tiny_llama/lora_cpu.yaml
     bash scripts/msrun_launcher.sh "python -m mindpet_lite.run --config RUN.yaml --use_parallel True" 2
 
-Flags override the YAML (see ``mindpet_lite.train.run_config.add_run_arguments``). Supported:
---config, --run_mode finetune|train, --load_checkpoint, --train_dataset_dir, --eval_dataset_dir,
---use_parallel, --output_dir, --device_target, --device_id, --mode, --auto_trans_ckpt (accepted: this
-backend trains data parallel, where every worker holds the whole model and there is nothing to
-reshard), --resume [PATH] (alias --resume_training), --seed, --max_steps, --epochs, --batch_size,
---gradient_accumulation_steps, --sink_mode (accepted; steps are fed from Python). As in
+Flags override the YAML: ``python -m mindpet_lite.run --help`` lists them, each with the YAML key it
+sets and its default (they are built from the tables of ``mindpet_lite.train.run_schema``). As in
 run_mindformer.py, any other YAML key can be set with a trailing ``--section.key value`` pair
-(``--lr_schedule.learning_rate 1e-3``).
+(``--lr_schedule.learning_rate 1e-3``), or with ``--options section.key=value``.
 
-Exit status: 0 on success, 2 for a bad input (config, dataset, checkpoint: the message says which),
-1 for a failure during training.
+Exit status (as for ``mindpet-lite``, see ``mindpet_lite.cli``): 0 on success, 2 for a bad input
+(config, flag, dataset, checkpoint: the message says which), 1 for a failure while training.
 """
 import argparse
 import logging
 import sys
 
+from mindpet_lite import _checks
 from mindpet_lite.train.run_config import add_run_arguments, load_run_config
+
+EXIT_STATUS_HELP = ("exit status: 0 success; 2 bad input (config, flag, dataset, checkpoint: the message says "
+                    "which); 1 a failure while training")
 
 
 def build_parser(prog="python -m mindpet_lite.run"):
-    parser = argparse.ArgumentParser(prog=prog, description="LoRA fine-tuning from a MindFormers run YAML.")
+    parser = argparse.ArgumentParser(prog=prog, description="LoRA fine-tuning from a MindFormers run YAML.",
+                                     epilog=EXIT_STATUS_HELP)
     return add_run_arguments(parser)
 
 
 def run(args, extra=None):
     """Fine-tune as the parsed flags (and extra ``--section.key value`` pairs) say; returns the exit status."""
-    from mindpet_lite.train.trainer import finetune  # pylint: disable=import-outside-toplevel
+    from mindpet_lite.train import finetune  # pylint: disable=import-outside-toplevel
     try:
-        config = load_run_config(args, extra)
-        finetune(config)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
-        logging.getLogger("mindpet_lite.run").error("%s: %s", type(err).__name__, err)
+        finetune(load_run_config(args, extra))
+    except Exception as err:  # pylint: disable=broad-except  # turned into the exit status
+        status = _checks.exit_status(err)
+        logging.getLogger("mindpet_lite.run").error("%s: %s", type(err).__name__, err,
+                                                     exc_info=err if status == 1 else None)
         print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return status
     return 0
 
 

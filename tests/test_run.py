@@ -32,10 +32,10 @@ def test_data_subcommand(tmp_path, capsys):
     from mindpet_lite.data import create_dataset
     ids, labels = next(create_dataset(dst, 3, seq_length=15, shuffle=False).create_tuple_iterator(output_numpy=True))
     assert ids.shape == (3, 16) and (labels == -100).any() and (labels != -100).any()
-    assert cli_main(argv) == 1  # exists, no --overwrite
+    assert cli_main(argv) == 2  # exists, no --overwrite: bad input
     assert "already exists" in capsys.readouterr().err
     assert cli_main(argv + ["--overwrite"]) == 0
-    assert cli_main(["data", "--src", str(tmp_path / "none.json"), "--dst", dst, "--seq_length", "15"]) == 1
+    assert cli_main(["data", "--src", str(tmp_path / "none.json"), "--dst", dst, "--seq_length", "15"]) == 2
 
 
 def test_finetune_subcommand_and_run_module_agree(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_demo_base_checkpoint_fits_the_demo_config():
     from mindpet_lite.models.llama import LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
     from mindpet_lite.train.run_config import RunConfig
-    from mindpet_lite.train.trainer import load_base_checkpoint
+    from mindpet_lite.train import load_base_checkpoint
     cfg = RunConfig.from_yaml(os.path.join(REPO, "configs", "tiny_llama", "lora_cpu.yaml"))
     ckpt = os.path.join(REPO, "configs", "tiny_llama", "tiny_llama_base.ckpt")
     assert os.path.getsize(ckpt) < 4 * 2 ** 20

@@ -66,8 +66,8 @@ class LoraConfig:
             return data
         if not isinstance(data, dict):
             raise TypeError(f"{section} must be a mapping of LoRA keys, got {_checks.describe(data)}")
-        _checks.check_known_keys(section, data.keys(), cls.keys())
-        return cls(**data)
+        used, _ = _checks.split_known_keys(section, data, cls.keys(), strict=True)
+        return cls(**used)
 
     @classmethod
     def from_yaml(cls, path):

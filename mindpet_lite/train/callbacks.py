@@ -1,7 +1,7 @@
 """Training callbacks: the progress line, the loss history (CSV + PNG), adapter checkpoints, resume.
 
 A callback is an object with any of ``on_train_begin(state)``, ``on_step_end(state)`` and
-``on_train_end(state)``; ``state`` is the trainer's :class:`~mindpet_lite.train.trainer.TrainState`
+``on_train_end(state)``; ``state`` is the trainer's :class:`~mindpet_lite.train.loop.TrainState`
 (step, total_steps, loss, lr, history, rank_id, rank_size, net, ...). Under data parallel only rank 0
 prints, writes the loss history and writes checkpoints.
 

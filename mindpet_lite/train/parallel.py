@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 import mindspore as ms
 from mindspore.communication import get_group_size, get_rank, init
 
-from mindpet_lite._checks import check_positive_int, check_str, describe
+from mindpet_lite._checks import check_int, check_positive_int, check_str, describe
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _check_data_parallel(data_parallel, workers, how):
             f"data_parallel: {workers} (only data parallel is supported)")
 
 
-def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None):
+def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None, device_id=None):
     """Set up this process for training; return ``(rank_id, rank_size)``.
 
     Under msrun with ``use_parallel=True``: sets the device (with DEVICE_ID as the device id on
@@ -126,15 +126,22 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None):
         use_parallel (bool): the run YAML's ``use_parallel``.
         data_parallel (int): ``parallel_config.data_parallel`` when the YAML gives it; it must
             equal the number of workers (1 without msrun). None: not checked.
+        device_id (int): the run YAML's ``context.device_id`` (flag ``--device_id``). Without msrun,
+            on Ascend / GPU, the device this process uses (None: MindSpore's default, 0); on CPU it
+            has no effect. Under msrun each worker uses msrun's DEVICE_ID: on Ascend / GPU a
+            different device_id is overridden, with a warning naming both.
 
     Raises:
         ValueError: ``use_parallel`` is False under msrun; ``data_parallel`` differs from the
             worker count. Both are raised before ``init()``, in every process of the job.
+        TypeError: ``use_parallel`` is not a bool, or ``device_id`` not an int (ValueError if < 0).
     """
     if not isinstance(use_parallel, bool):
         raise TypeError(f"use_parallel must be a bool, got {describe(use_parallel)}")
     if device_target is not None:
         check_str("device_target", device_target)
+    if device_id is not None:
+        check_int("device_id", device_id, minimum=0)
     env = msrun_env()
     if env is None:
         _check_data_parallel(data_parallel, 1, "not launched by msrun")
@@ -143,8 +150,7 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None):
                            "(MS_ROLE / MS_WORKER_NUM unset): training in one process. Launch with "
                            "`bash scripts/msrun_launcher.sh \"<command>\" <WORKER_NUM>` to use "
                            "several workers.")
-        if device_target is not None:
-            ms.set_device(device_target)
+        _set_device(device_target, device_id)
         return 0, 1
 
     if not use_parallel:
@@ -156,11 +162,11 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None):
     if _STATE.get("initialised"):  # init() may run once per process
         return _STATE["rank_id"], _STATE["rank_size"]
 
-    if device_target is not None:
-        if device_target.upper() != "CPU" and env.device_id is not None:
-            ms.set_device(device_target, env.device_id)
-        else:
-            ms.set_device(device_target)
+    on_device = device_target is not None and device_target.upper() != "CPU"
+    if on_device and device_id is not None and env.device_id is not None and device_id != env.device_id:
+        logger.warning("device_id %d (context.device_id / --device_id) is overridden by msrun's DEVICE_ID %d: "
+                       "under msrun each worker uses the device msrun gives it", device_id, env.device_id)
+    _set_device(device_target, env.device_id if env.device_id is not None else device_id)
     init()  # the scheduler stays in here until the job ends, then exits
     rank_id, rank_size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
@@ -168,3 +174,13 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None):
     _STATE.update(rank_id=rank_id, rank_size=rank_size, initialised=True)
     logger.info("data parallel: rank %d of %d", rank_id, rank_size)
     return rank_id, rank_size
+
+
+def _set_device(device_target, device_id):
+    """``ms.set_device``; the device id only on Ascend / GPU (a CPU has one device)."""
+    if device_target is None:
+        return
+    if device_target.upper() != "CPU" and device_id is not None:
+        ms.set_device(device_target, device_id)
+    else:
+        ms.set_device(device_target)

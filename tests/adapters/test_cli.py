@@ -43,10 +43,10 @@ def test_merge_errors_leave_output(tmp_path, capsys):
     with open(out, "wb") as f:
         f.write(b"old")
     _files.write_checkpoint({"other.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "base.ckpt"))
-    assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out]) == 1
+    assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out]) == 2
     assert "no weight for 2 adapter pairs" in capsys.readouterr().err
     assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out,
-                 "--format", "safetensors"]) == 1
+                 "--format", "safetensors"]) == 2
     assert "does not match the suffix" in capsys.readouterr().err
     with open(out, "rb") as f:
         assert f.read() == b"old"
@@ -67,7 +67,7 @@ def test_peft_and_convert_round_trips(tmp_path, capsys):
     assert main(["import-peft", "--peft-dir", str(tmp_path / "peft"), "--out", str(tmp_path / "back.safetensors")]) == 0
     back, meta = read_adapter(str(tmp_path / "back.safetensors"))
     assert meta["pet_config"]["lora_alpha"] == 16 and sorted(back) == sorted(tensors)
-    assert main(["export-peft", "--adapter", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "p2")]) == 1
+    assert main(["export-peft", "--adapter", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "p2")]) == 2
     assert "no such file" in capsys.readouterr().err
 
     weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in llama_param_shapes(TINY_LLAMA).items()}
@@ -83,5 +83,5 @@ def test_peft_and_convert_round_trips(tmp_path, capsys):
     assert sorted(again) == sorted(weights)
     np.testing.assert_array_equal(again["model.layers.1.attention.wk.weight"], weights["model.layers.1.attention.wk.weight"])
     assert main(["convert-base", "--from", "hf", "--src", str(tmp_path / "nowhere"), "--out",
-                 str(tmp_path / "x.ckpt")]) == 1
+                 str(tmp_path / "x.ckpt")]) == 2
     assert not os.path.exists(tmp_path / "x.ckpt")

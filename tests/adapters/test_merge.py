@@ -11,6 +11,7 @@ from mindpet_lite.adapters.merge import (merge_adapter, merge_checkpoint, merge_
                                          unmerge_checkpoint)
 from mindpet_lite import _files
 from tests.adapters.conftest import numpy_params, randomize, small_net, tiny_llama
+from tests.reference import merged_weight
 
 A, B = "mindpet_delta_lora_a", "mindpet_delta_lora_b"
 
@@ -27,8 +28,8 @@ def _case(rng, shapes, rank=3):
 
 
 def _expected(base, adapter, name, s, transpose=False):
-    delta = s * (adapter[f"{name}.{B}"].astype(np.float64) @ adapter[f"{name}.{A}"].astype(np.float64))
-    return base[f"{name}.weight"].astype(np.float64) + (delta.T if transpose else delta)
+    return merged_weight(base[f"{name}.weight"], adapter[f"{name}.{A}"], adapter[f"{name}.{B}"], s,
+                         "in_out" if transpose else "out_in")
 
 
 SHAPES = {"l.q": (6, 6), "l.k": (4, 6), "l.up": (10, 6), "l.down": (6, 10)}
@@ -123,7 +124,7 @@ def test_files_merge_unmerge_round_trip(tmp_path, rng, suffix):
     assert sorted(on_disk) == sorted(base)
     lora = numpy_params(net)
     for name in ("body.fc1", "body.fc2"):
-        want = base[f"{name}.weight"] + 2.0 * lora[f"{name}.{B}"] @ lora[f"{name}.{A}"]
+        want = merged_weight(base[f"{name}.weight"], lora[f"{name}.{A}"], lora[f"{name}.{B}"], 2.0)
         np.testing.assert_allclose(on_disk[f"{name}.weight"], want, rtol=1e-5, atol=1e-6)
     back = unmerge_checkpoint(out, adapter, str(tmp_path / f"back{suffix}"))
     for name in base:
@@ -238,8 +239,7 @@ def test_bf16_drift(tmp_path):
 
         merged = merge_weights(base_bf, adapter)
         key = "model.layers.0.feed_forward.w1"
-        exact = base_bf[f"{key}.weight"].astype(np.float64) + 2.0 * (
-            tensors[f"{key}.{B}"].astype(np.float64) @ tensors[f"{key}.{A}"].astype(np.float64))
+        exact = merged_weight(base_bf[f"{key}.weight"], tensors[f"{key}.{A}"], tensors[f"{key}.{B}"], 2.0)
         assert str(merged[f"{key}.weight"].dtype) == "bfloat16"
         np.testing.assert_array_equal(merged[f"{key}.weight"], _bf16(exact.astype(np.float32)))  # one rounding
         for name, p in plain.parameters_and_names():

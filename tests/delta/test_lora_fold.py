@@ -1,14 +1,76 @@
-"""LoRADense's folded form x·(W + s·B·A)ᵀ with its hand-written backward, against numpy."""
+"""LoRADense's folded form x·(W + s·B·A)ᵀ with its hand-written backward, against numpy.
+
+Both forms compute the same function, so matching numpy does not show which one ran: every test that
+expects a form swaps in counting twins (`_spy`) of the folded matmul and of the branch's x·Aᵀ matmul
+and checks the counts. The counters are Parameters bumped inside the graph, so they count in
+GRAPH_MODE as well; the folded cell's hand-written bprop is counted in PYNATIVE_MODE (GRAPH_MODE
+refuses a Parameter inside a user bprop).
+"""
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Parameter, Tensor, nn, ops
 
-from mindpet_lite.delta.lora import _fold_pays
+from mindpet_lite.delta.lora import _FoldedLoRAMatMul, _fold_pays
 from tests import reference as ref
 from tests.delta.test_lora import _SumLoss, _arrays, _layer, _rand
 
 F32, F16 = ms.float32, ms.float16
+
+
+def _counter(name):
+    return Parameter(Tensor(0, ms.int32), name=name, requires_grad=False)
+
+
+class _CountingFold(_FoldedLoRAMatMul):
+    """The layer's own folded matmul (construct and bprop inherited) that counts its forward runs."""
+
+    def __init__(self, scaling):
+        super().__init__(scaling)
+        self.calls = _counter("fold_calls")
+
+    def construct(self, x, weight, lora_a, lora_b):
+        ops.assign_add(self.calls, Tensor(1, ms.int32))
+        return super().construct(x, weight, lora_a, lora_b)
+
+
+class _CountingFoldBackward(_CountingFold):
+    """... that also counts the runs of its hand-written bprop (PYNATIVE_MODE only)."""
+
+    def __init__(self, scaling):
+        super().__init__(scaling)
+        self.bprops = _counter("fold_bprops")
+
+    def bprop(self, x, weight, lora_a, lora_b, out, dout):
+        ops.assign_add(self.bprops, Tensor(1, ms.int32))
+        return super().bprop(x, weight, lora_a, lora_b, out, dout)
+
+
+class _CountingMatMul(nn.Cell):
+    """The branch's x·Aᵀ (MatMul transpose_b) that counts its runs: the branch ran iff it counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.calls = _counter("branch_calls")
+
+    def construct(self, x, w):
+        ops.assign_add(self.calls, Tensor(1, ms.int32))
+        return self.matmul(x, w)
+
+
+def _spy(layer, backward=False):
+    """Swap counting twins into `layer`; returns counts() -> {'fold', 'branch'[, 'fold_bprop']}."""
+    layer.folded_matmul = (_CountingFoldBackward if backward else _CountingFold)(layer.scaling)
+    layer.lora_a_matmul = _CountingMatMul()
+
+    def counts():
+        out = {"fold": int(layer.folded_matmul.calls.asnumpy()), "branch": int(layer.lora_a_matmul.calls.asnumpy())}
+        if backward:
+            out["fold_bprop"] = int(layer.folded_matmul.bprops.asnumpy())
+        return out
+
+    return counts
 
 
 def test_fold_rule():
@@ -26,12 +88,15 @@ def test_folded_forward_and_grads_match_numpy(mode, shape, activation, frozen):
     assert layer._use_fold(shape)  # pylint: disable=protected-access
     assert _fold_pays(rows, 12, 10)
     layer.weight.requires_grad = not frozen
+    backward = mode == ms.PYNATIVE_MODE
+    counts = _spy(layer, backward)
     x, g = _rand(*shape, seed=5), _rand(*shape[:-1], 10, seed=6)
     w, b, a, bm = _arrays(layer)
     s = ref.lora_scaling(8, 4)
 
     y = layer(Tensor(x)).asnumpy()
     np.testing.assert_allclose(y, ref.lora_forward(x, w, b, a, bm, s, activation), rtol=1e-5, atol=2e-5)
+    assert counts() == dict(fold=1, branch=0, **({"fold_bprop": 0} if backward else {}))
 
     net = _SumLoss(layer)
     params = [layer.mindpet_delta_lora_a, layer.mindpet_delta_lora_b] + ([] if frozen else [layer.weight])
@@ -40,6 +105,8 @@ def test_folded_forward_and_grads_match_numpy(mode, shape, activation, frozen):
     np.testing.assert_allclose(dx.asnumpy(), rdx, rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(grads[0].asnumpy(), rda, rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(grads[1].asnumpy(), rdb, rtol=1e-4, atol=2e-4)
+    # the gradient's forward ran the fold (whose bprop is the hand-written one), never the branch
+    assert counts() == dict(fold=2, branch=0, **({"fold_bprop": 1} if backward else {}))
     if not frozen:  # dW = dzᵀ·x, with dz = g·act'(z)
         x2, g2 = x.reshape(rows, 12).astype(np.float64), g.reshape(rows, 10).astype(np.float64)
         z = x2 @ w.T + s * (x2 @ a.T) @ bm.T + b
@@ -48,13 +115,32 @@ def test_folded_forward_and_grads_match_numpy(mode, shape, activation, frozen):
 
 
 def test_forced_forms_agree(mode):
+    """8 rows would take the branch; _fold_mode forces either form, and the forced one is what runs."""
     x = Tensor(_rand(8, 12, seed=7))
     outs = []
     for fold in (True, False):
         layer = _layer()
         layer._fold_mode = fold  # pylint: disable=protected-access
+        counts = _spy(layer)
         outs.append(layer(x).asnumpy())
+        assert counts() == ({"fold": 1, "branch": 0} if fold else {"fold": 0, "branch": 1})
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    w, b, a, bm = _arrays(_layer())
+    np.testing.assert_allclose(outs[0], ref.lora_forward(x.asnumpy(), w, b, a, bm, ref.lora_scaling(8, 4)),
+                               rtol=1e-5, atol=2e-5)
+
+
+def test_the_rule_picks_the_form_that_runs(mode):
+    """Left to itself (_fold_mode None) the layer folds for many rows and takes the branch for few."""
+    for rows, fold in ((64, True), (2, False)):
+        layer = _layer()
+        assert layer._use_fold((rows, 12)) == fold  # pylint: disable=protected-access
+        counts = _spy(layer)
+        x = _rand(rows, 12, seed=rows)
+        w, b, a, bm = _arrays(layer)
+        np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), ref.lora_forward(x, w, b, a, bm, ref.lora_scaling(8, 4)),
+                                   rtol=1e-5, atol=2e-5)
+        assert counts() == ({"fold": 1, "branch": 0} if fold else {"fold": 0, "branch": 1})
 
 
 def test_no_fold_for_half_precision_or_dropout():
@@ -65,9 +151,13 @@ def test_no_fold_for_half_precision_or_dropout():
 
 def test_merge_unmerge_on_the_folded_path(mode):
     layer = _layer(activation="tanh")
+    counts = _spy(layer)
     x = Tensor(_rand(64, 12, seed=12))
     before = layer(x).asnumpy()
+    assert counts() == {"fold": 1, "branch": 0}
     layer.merge()
     np.testing.assert_allclose(layer(x).asnumpy(), before, rtol=0, atol=1e-5)
+    assert counts() == {"fold": 1, "branch": 0}  # merged: the plain matmul, no LoRA form at all
     layer.unmerge()
     np.testing.assert_allclose(layer(x).asnumpy(), before, rtol=0, atol=1e-5)
+    assert counts() == {"fold": 2, "branch": 0}

@@ -1,6 +1,6 @@
-"""Tests of the compact Llama against a plain-numpy reference written here from the Llama papers'
-math (RMSNorm, rotary pairs (i, i + D/2), grouped-query causal attention, SwiGLU), never from the
-code under test."""
+"""Tests of the compact Llama against the plain-numpy reference of tests/reference.py, written from
+the Llama papers' math (RMSNorm, rotary pairs (i, i + D/2), grouped-query causal attention, SwiGLU),
+never from the code under test."""
 import numpy as np
 import pytest
 
@@ -9,6 +9,7 @@ from mindspore import Tensor, nn
 
 from mindpet_lite.models import LlamaConfig, LlamaForCausalLM, count_params, llama_param_shapes
 from mindpet_lite.models.llama import causal_lm_loss, recompute_layers
+from tests.reference import reference_logits, reference_loss
 
 ms.set_device("CPU")
 
@@ -18,69 +19,8 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
 # ------------------------------------------------------------------------------------------------
-# numpy reference (float64)
+# parameters for the numpy reference (float64)
 # ------------------------------------------------------------------------------------------------
-def _rms(x, w, eps):
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
-
-
-def _rotate(x, theta):
-    """Rotate the pair (x[i], x[i + D/2]) of each row t by angle t * theta^(-2i/D)."""
-    s, d = x.shape
-    angle = np.arange(s)[:, None] * theta ** (-np.arange(0, d, 2) / d)[None, :]
-    x1, x2 = x[:, : d // 2], x[:, d // 2:]
-    c, sn = np.cos(angle), np.sin(angle)
-    return np.concatenate([x1 * c - x2 * sn, x1 * sn + x2 * c], axis=1)
-
-
-def _silu(x):
-    return x / (1.0 + np.exp(-x))
-
-
-def reference_logits(p, cfg, ids):
-    """Logits [B, S, V] of a Llama with params ``p`` (name -> float64 array), one head at a time."""
-    nh, nkv, eps = cfg["num_heads"], cfg.get("n_kv_heads") or cfg["num_heads"], cfg.get("rms_norm_eps", 1e-5)
-    theta = cfg.get("theta", 10000.0)
-    d = cfg["hidden_size"] // nh
-    out = []
-    for row in ids:
-        s = len(row)
-        x = p["model.tok_embeddings.embedding_weight"][row]
-        causal = np.triu(np.full((s, s), -np.inf), k=1)
-        for i in range(cfg["num_layers"]):
-            pre = f"model.layers.{i}."
-            h = _rms(x, p[pre + "attention_norm.weight"], eps)
-            q = h @ p[pre + "attention.wq.weight"].T
-            k = h @ p[pre + "attention.wk.weight"].T
-            v = h @ p[pre + "attention.wv.weight"].T
-            heads = []
-            for head in range(nh):
-                g = head // (nh // nkv)
-                qh = _rotate(q[:, head * d:(head + 1) * d], theta)
-                kh = _rotate(k[:, g * d:(g + 1) * d], theta)
-                scores = qh @ kh.T / np.sqrt(d) + causal
-                w = np.exp(scores - scores.max(axis=1, keepdims=True))
-                heads.append((w / w.sum(axis=1, keepdims=True)) @ v[:, g * d:(g + 1) * d])
-            x = x + np.concatenate(heads, axis=1) @ p[pre + "attention.wo.weight"].T
-            h = _rms(x, p[pre + "ffn_norm.weight"], eps)
-            gate = _silu(h @ p[pre + "feed_forward.w1.weight"].T) * (h @ p[pre + "feed_forward.w3.weight"].T)
-            x = x + gate @ p[pre + "feed_forward.w2.weight"].T
-        x = _rms(x, p["model.norm_out.weight"], eps)
-        head_w = p.get("lm_head.weight", p["model.tok_embeddings.embedding_weight"])
-        out.append(x @ head_w.T)
-    return np.stack(out)
-
-
-def reference_loss(logits, labels, ignore=-100):
-    """Mean over kept positions of -log softmax(logits)[label]."""
-    m = logits.max(-1, keepdims=True)
-    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-    keep = labels != ignore
-    if not keep.any():
-        return 0.0
-    return -np.mean(logp[keep, labels[keep]])
-
-
 def params_of(net):
     """name -> float64 numpy (through float32: numpy has no bfloat16)."""
     return {name: p.astype(ms.float32).asnumpy().astype(np.float64) for name, p in net.parameters_and_names()}

@@ -82,14 +82,14 @@ def test_two_workers_equal_one_process(tiny_assets, tmp_path):
 
 FAILING = '''
 import sys
-from mindpet_lite.train import trainer
-_fit = trainer.Trainer.fit
+from mindpet_lite.train import loop
+_fit = loop.Trainer.fit
 def fit(self, *args, **kwargs):
     from mindspore.communication import get_rank
     if get_rank() == 1:
         raise RuntimeError("worker 1 fails during training on purpose")
     return _fit(self, *args, **kwargs)
-trainer.Trainer.fit = fit
+loop.Trainer.fit = fit
 from mindpet_lite.run import main
 sys.exit(main())
 '''

@@ -7,7 +7,9 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from mindpet_lite.train.trainer import TrainStep
+from mindpet_lite.train.step import TrainStep
+
+from tests.reference import regression_grads, sgd_update
 
 LR = 0.1
 
@@ -23,20 +25,6 @@ class _Regression(nn.Cell):
     def construct(self, x, y):
         r = ops.matmul(x, self.w.T) + self.b - y
         return ops.mean(r * r)
-
-
-def _numpy_grads(w, b, x, y):
-    r = x @ w.T + b - y
-    n = r.size
-    return [2.0 * r.T @ x / n, 2.0 * r.sum(0) / n]
-
-
-def _numpy_update(params, grads, clip):
-    """One SGD update after global-norm clipping."""
-    if clip is not None:
-        norm = np.sqrt(sum(float((g ** 2).sum()) for g in grads))
-        grads = [g * clip / max(norm, clip) for g in grads]
-    return [p - LR * g for p, g in zip(params, grads)]
 
 
 @pytest.mark.parametrize("scale, accumulate, clip", [
@@ -66,9 +54,9 @@ def test_step_matches_numpy(scale, accumulate, clip):
         micro(Tensor(x), Tensor(y))
     step(Tensor(xs[-1]), Tensor(ys[-1]))
 
-    per_micro = [_numpy_grads(w.astype(np.float64), b.astype(np.float64), x, y) for x, y in zip(xs, ys)]
+    per_micro = [regression_grads(w.astype(np.float64), b.astype(np.float64), x, y) for x, y in zip(xs, ys)]
     grads = [sum(g[i] for g in per_micro) / accumulate for i in range(2)]
-    want = _numpy_update([w, b], grads, clip)
+    want = sgd_update([w, b], grads, LR, clip)
     np.testing.assert_allclose(net.w.asnumpy(), want[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(net.b.asnumpy(), want[1], rtol=1e-4, atol=1e-5)
     if accumulate > 1:  # the accumulators are zeroed after the update
@@ -85,5 +73,5 @@ def test_numpy_reference_clips():
     """The reference itself: clipping at 0.05 shrinks these gradients (so the cases above test it)."""
     rng = np.random.default_rng(3)
     w, b = rng.normal(size=(3, 5)), rng.normal(size=(3,))
-    grads = _numpy_grads(w, b, rng.normal(size=(4, 5)), rng.normal(size=(4, 3)))
+    grads = regression_grads(w, b, rng.normal(size=(4, 5)), rng.normal(size=(4, 3)))
     assert np.sqrt(sum((g ** 2).sum() for g in grads)) > 0.5

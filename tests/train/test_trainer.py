@@ -9,22 +9,12 @@ import pytest
 
 from mindpet_lite.run import main
 from mindpet_lite.train.run_config import LrScheduleConfig
-from mindpet_lite.train.trainer import lr_values, warmup_steps_for
+from mindpet_lite.train.schedule import lr_values, warmup_steps_for
 from tests.train import tiny
+from tests.reference import lr_schedule
 
 
 # ---- lr schedule against a numpy formula ---------------------------------------------------------
-def _numpy_lr(kind, lr, total, warmup, lr_end=0.0, lr_init=0.0):
-    t = np.arange(1, total + 1, dtype=np.float64)
-    warm = lr_init + (lr - lr_init) * t / max(warmup, 1)
-    if kind == "constant":
-        after = np.full_like(t, lr)
-    else:
-        progress = np.clip((t - 1 - warmup) / max(total - warmup, 1), 0, 1)
-        after = lr_end + (lr - lr_end) * 0.5 * (1 + np.cos(np.pi * progress))
-    return np.where(t <= warmup, warm, after)
-
-
 @pytest.mark.parametrize("kind, total, ratio, steps, lr_end, lr_init", [
     ("cosine", 100, 0.1, None, 0.0, 0.0),
     ("cosine", 37, 0.03, None, 1e-5, 0.0),
@@ -38,7 +28,7 @@ def test_lr_schedule_matches_numpy(kind, total, ratio, steps, lr_end, lr_init):
                              lr_end=lr_end, warmup_lr_init=lr_init)
     warmup = warmup_steps_for(sched, total)
     assert warmup == (steps if steps is not None else int(ratio * total))
-    np.testing.assert_allclose(lr_values(sched, total), _numpy_lr(kind, 1e-3, total, warmup, lr_end, lr_init),
+    np.testing.assert_allclose(lr_values(sched, total), lr_schedule(kind, 1e-3, total, warmup, lr_end, lr_init),
                                rtol=1e-6, atol=1e-12)
 
 
@@ -102,7 +92,7 @@ def _score_afresh(base, data, pet_config, adapter, step):
     from mindpet_lite.data import create_dataset
     from mindpet_lite.models import LlamaConfig, LlamaForCausalLM
     from mindpet_lite.pet import get_pet_model
-    from mindpet_lite.train.trainer import evaluate, load_base_checkpoint
+    from mindpet_lite.train import evaluate, load_base_checkpoint
     net = LlamaForCausalLM(LlamaConfig.from_dict(tiny.MODEL))
     load_base_checkpoint(net, base)
     get_pet_model(net, pet_config)
@@ -221,7 +211,7 @@ def test_config_typo(tiny_assets, tmp_path, capsys):
 
 def test_more_workers_or_batch_than_data(tiny_assets, tmp_path, capsys):
     from mindpet_lite.train.run_config import RunConfig
-    from mindpet_lite.train.trainer import _open_data
+    from mindpet_lite.train.job import _open_data
     base, train, _ = tiny_assets
     out = str(tmp_path / "o")
     _fails(tiny.flags(base, train, out, "--batch_size", "64"), capsys, "fewer than batch_size=64", out)
@@ -247,7 +237,7 @@ def test_resume_without_checkpoint_and_msrun_without_use_parallel(tiny_assets, t
 def test_load_base_checkpoint_from_rank_dirs(tiny_assets, tmp_path):
     import shutil
     from mindpet_lite.models.llama import LlamaForCausalLM, LlamaConfig
-    from mindpet_lite.train.trainer import load_base_checkpoint
+    from mindpet_lite.train import load_base_checkpoint
     base, _, _ = tiny_assets
     for rank in (0, 1):
         os.makedirs(tmp_path / "dist" / f"rank_{rank}")

@@ -1,0 +1,183 @@
+"""The training loop: the optimizer, the step cells, the callbacks, and the state a resume restores.
+
+:class:`Trainer` builds the optimizer over the trainable parameters with the lr table
+(:mod:`mindpet_lite.train.schedule`) and the step cells (:mod:`mindpet_lite.train.step`), then
+:meth:`Trainer.fit` feeds micro-batches to them and calls the callbacks with a :class:`TrainState`.
+
+Resume: :meth:`Trainer.state_dict` is what a resumed run needs besides the adapter: the optimizer
+moments, the global step (hence the lr), the loss scale and the loop position
+(:func:`mindpet_lite.train.job.finetune` reads it back and skips the micro-batches already consumed).
+"""
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from mindspore import dtype as mstype
+from mindspore.communication import GlobalComm
+
+from mindpet_lite import _checks
+from mindpet_lite.train.schedule import build_optimizer, lr_values
+from mindpet_lite.train.step import TrainStep
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainState", "Trainer"]
+
+_STATE_PREFIXES = ("adam_m.", "adam_v.")
+_OPT_STATE_NAMES = ("global_step",)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What callbacks see."""
+    net: Any = None
+    trainer: Any = None
+    pet_config: Any = None
+    step: int = 0
+    total_steps: int = 0
+    stop_step: int = 0
+    loss: float = float("nan")
+    lr: float = 0.0
+    history: list = dataclasses.field(default_factory=list)
+    evals: list = dataclasses.field(default_factory=list)
+    rank_id: int = 0
+    rank_size: int = 1
+    global_batch: int = 1
+    seq_length: int = 0
+    tokens_per_step: int = 0
+    elapsed_before: float = 0.0
+    start_time: float = 0.0
+
+    @property
+    def elapsed(self):
+        """Training seconds, including those before a resume."""
+        return self.elapsed_before + (time.perf_counter() - self.start_time if self.start_time else 0.0)
+
+
+class Trainer:
+    """Optimizer, step cells and the loop for a LoRA network (only its trainable parameters train).
+
+    Args:
+        net: the network (``net(input_ids, labels)`` -> loss), after get_pet_model.
+        optimizer_config, lr_schedule, wrapper: sections of the RunConfig.
+        total_steps: the lr schedule length T (optimizer updates).
+        accumulate: gradient_accumulation_steps.
+        rank_size: data-parallel workers (> 1: gradients are all-reduced, mean).
+    """
+
+    def __init__(self, net, optimizer_config, lr_schedule, wrapper, total_steps, accumulate=1, rank_size=1):
+        self.net = net
+        self.total_steps = _checks.check_positive_int("total_steps", total_steps)
+        self.accumulate = _checks.check_positive_int("gradient_accumulation_steps", accumulate)
+        self.rank_size = rank_size
+        self.schedule = lr_schedule
+        self.lr_table = lr_values(lr_schedule, total_steps)
+        params = net.trainable_params()
+        self.optimizer = build_optimizer(params, optimizer_config, self.lr_table)
+        self.scale_sense = Parameter(Tensor(wrapper.scale_sense, mstype.float32), name="scale_sense",
+                                     requires_grad=False)
+        scale_cell = None
+        if wrapper.dynamic_loss_scale:
+            scale_cell = nn.DynamicLossScaleUpdateCell(wrapper.scale_sense, wrapper.scale_factor,
+                                                       wrapper.scale_window)
+        check = wrapper.dynamic_loss_scale or wrapper.scale_sense != 1.0
+        clip = wrapper.max_grad_norm if wrapper.use_clip_grad else None
+        reducer = None
+        if rank_size > 1:
+            reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=rank_size,
+                                                group=GlobalComm.WORLD_COMM_GROUP)
+        accu = None
+        if self.accumulate > 1:
+            accu = self.optimizer.parameters.clone(prefix="accu_grads", init="zeros")
+        common = dict(accumulators=accu, accumulate=self.accumulate, scale_sense=self.scale_sense,
+                      loss_scale_cell=scale_cell, check_overflow=check, clip_norm=clip, reducer=reducer,
+                      rank_size=rank_size)
+        self.step_cell = TrainStep(net, self.optimizer, apply=True, **common)
+        self.accu_cell = TrainStep(net, self.optimizer, apply=False, **common) if self.accumulate > 1 else None
+        self.step = 0
+        self.history = []
+        self.elapsed_before = 0.0
+
+    # ---- state for resume --------------------------------------------------------------------------
+    def state_dict(self):
+        """(tensors, metadata): optimizer moments + global step + loss scale, and the loop position."""
+        tensors = {}
+        for name, param in self.optimizer.parameters_and_names():
+            if name.startswith(_STATE_PREFIXES) or name in _OPT_STATE_NAMES:
+                tensors[name] = param.asnumpy()
+        tensors["scale_sense"] = self.scale_sense.asnumpy()
+        meta = {"step": self.step, "micro_batches": self.step * self.accumulate,
+                "gradient_accumulation_steps": self.accumulate, "total_steps": self.total_steps,
+                "lr_schedule": dataclasses.asdict(self.schedule), "rank_size": self.rank_size,
+                "elapsed_s": self.elapsed_before, "history": self.history}
+        return tensors, meta
+
+    def load_state_dict(self, tensors, meta):
+        """Restore what :meth:`state_dict` gave (the adapter weights are loaded separately)."""
+        params = dict(self.optimizer.parameters_and_names())
+        wanted = [n for n in params if n.startswith(_STATE_PREFIXES) or n in _OPT_STATE_NAMES]
+        missing = [n for n in wanted if n not in tensors]
+        if missing:
+            raise ValueError(f"resume state lacks optimizer entries {missing[:5]} (another adapter layout?)")
+        for name in wanted:
+            value = np.asarray(tensors[name])
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"resume state: {name} has shape {list(value.shape)}, the optimizer "
+                                 f"expects {list(params[name].shape)}")
+            params[name].set_data(Tensor(value).astype(params[name].dtype))
+        if "scale_sense" in tensors:
+            self.scale_sense.set_data(Tensor(np.asarray(tensors["scale_sense"]), mstype.float32))
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+
+    # ---- loop ------------------------------------------------------------------------------------------
+    def fit(self, dataset, state, callbacks=(), stop_step=None):
+        """Train on ``dataset`` (batches ``(input_ids, labels)``; the micro-batches already consumed by
+        ``self.step`` must have been skipped) until ``stop_step`` or the data ends."""
+        stop = min(stop_step or self.total_steps, self.total_steps)
+        state.trainer, state.step, state.total_steps, state.stop_step = self, self.step, self.total_steps, stop
+        state.history, state.elapsed_before = self.history, self.elapsed_before
+        state.start_time = time.perf_counter()
+        self.net.set_train(True)
+        _call(callbacks, "on_train_begin", state)
+        micro, micro_losses = 0, []
+        if self.step < stop:
+            for input_ids, labels in dataset.create_tuple_iterator(num_epochs=1, do_copy=False):
+                micro += 1
+                if micro % self.accumulate:
+                    micro_losses.append(self.accu_cell(input_ids, labels))
+                    continue
+                loss = self.step_cell(input_ids, labels)
+                losses = [float(x.asnumpy()) for x in micro_losses] + [float(loss.asnumpy())]
+                micro_losses = []
+                self.step += 1
+                state.step = self.step
+                state.loss = float(np.mean(losses))
+                state.lr = float(self.lr_table[min(self.step, self.total_steps) - 1])
+                if not math.isfinite(state.loss):
+                    raise FloatingPointError(f"loss is {state.loss} at step {self.step}: lower the learning rate "
+                                             "or enable runner_wrapper.use_clip_grad")
+                self.history.append({"step": self.step, "loss": state.loss, "lr": state.lr,
+                                     "elapsed_s": round(state.elapsed, 3)})
+                self.elapsed_before = state.elapsed
+                _call(callbacks, "on_step_end", state)
+                if self.step >= stop:
+                    break
+        if self.step < stop:
+            logger.warning("the data ran out at step %d, before max_steps / total steps %d", self.step, stop)
+            state.stop_step = self.step
+        self.elapsed_before = state.elapsed
+        _call(callbacks, "on_train_end", state)
+        return state
+
+
+def _call(callbacks, hook, state):
+    for callback in callbacks:
+        fn = getattr(callback, hook, None)
+        if fn is not None:
+            fn(state)
