@@ -97,11 +97,15 @@ def reads_as_float(text):
 
 
 def check_lora_alpha(name, value):
+    """A finite int or float other than 0, returned as a Python int or float: numpy scalars and
+    `fractions.Fraction` convert (the scaling alpha / r is computed in floats anyway, and a Fraction
+    reaches neither a graph nor a YAML / JSON file)."""
+    allowed = "a finite int or float other than 0"
     if not is_number(value):
-        raise TypeError(f"{name} must be an int or float other than 0, got {describe(value)}")
-    if value == 0:
-        raise ValueError(f"{name} must be an int or float other than 0, got {describe(value)}")
-    return value
+        raise TypeError(f"{name} must be {allowed}, got {describe(value)}")
+    if value == 0 or not abs(value) < float("inf"):  # NaN fails every comparison
+        raise ValueError(f"{name} must be {allowed}, got {describe(value)}")
+    return int(value) if is_int(value) else float(value)
 
 
 def check_dropout(name, value):

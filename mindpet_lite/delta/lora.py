@@ -15,6 +15,7 @@ Two ways to compute the same function, chosen per call from the static shapes (b
   [out, in] element-wise work, which is cheaper whenever N is large next to in·out / (in + 4·out).
   Used for float32 compute without dropout (folding in float16/bfloat16 would round s·B·A to W's ulp).
 """
+import logging
 import math
 import numbers
 
@@ -26,11 +27,14 @@ from mindspore.ops.primitive import Primitive
 
 from mindpet_lite import _checks
 
+logger = logging.getLogger(__name__)
+
 LORA_MARK = "mindpet_delta_lora_"  # MindPet's parameter names: every LoRA factor's name holds it
 LORA_A = LORA_MARK + "a"
 LORA_B = LORA_MARK + "b"
 
-_INIT_TYPES = (str, numbers.Number, Tensor, Initializer)
+_INIT_TYPES = (str, numbers.Real, Tensor, Initializer)  # complex numbers are not LoRA factors
+_INIT_DTYPES = mstype.int_type + mstype.uint_type + mstype.float_type
 
 
 def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
@@ -39,11 +43,25 @@ def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
 
 
 def _check_init(name, init, shape):
-    """An initializer spec `initializer()` accepts; a Tensor must already have the right shape."""
+    """An initializer spec `initializer()` accepts: a real, finite number; a real Tensor of the right
+    shape and finite values. A lazily initialised Tensor (``Tensor(shape=..., init=One())``, as
+    MindPet's users and tests pass) is materialised here (`Tensor.init_data`), in place and once:
+    casting it unmaterialised kills the process (MindSpore 2.9), and its values must be known to be
+    checked. Every layer it is passed to then holds the same values, as with any other Tensor."""
+    allowed = "a real Tensor, a str, an Initializer or a finite real number"
     if isinstance(init, bool) or not isinstance(init, _INIT_TYPES):
-        raise TypeError(f"{name} must be a Tensor, a str, an Initializer or a number, got {_checks.describe(init)}")
-    if isinstance(init, Tensor) and tuple(init.shape) != tuple(shape):
-        raise ValueError(f"{name} must be a 2-D Tensor of shape {list(shape)}, got shape {list(init.shape)}")
+        raise TypeError(f"{name} must be {allowed}, got {_checks.describe(init)}")
+    if isinstance(init, numbers.Real) and not math.isfinite(init):
+        raise ValueError(f"{name} must be {allowed}, got {_checks.describe(init)}")
+    if isinstance(init, Tensor):
+        if tuple(init.shape) != tuple(shape):
+            raise ValueError(f"{name} must be a 2-D Tensor of shape {list(shape)}, got shape {list(init.shape)}")
+        if init.dtype not in _INIT_DTYPES:
+            raise TypeError(f"{name} must be an int or float Tensor, got a {init.dtype} Tensor")
+        if init.has_init:
+            init.init_data()
+        if not np.isfinite(init.astype(mstype.float32).asnumpy()).all():
+            raise ValueError(f"{name} must hold finite values, got a Tensor with NaN or Inf")
     if isinstance(init, str):
         try:
             initializer(init, [1, 1])  # lazy: only resolves the name
@@ -60,17 +78,63 @@ def _init(init, shape, dtype):
 
 
 def _check_activation(activation):
-    """None, a name nn.get_activation knows, a Cell or a Primitive."""
-    if activation is None or isinstance(activation, (nn.Cell, Primitive)):
+    """None, a name nn.get_activation knows, a Cell, or a Primitive that maps a tensor to a tensor of
+    its shape (ops.Add() or ops.Dropout() would fail only at the first forward)."""
+    if isinstance(activation, nn.Softmax2d) or (isinstance(activation, str) and activation == "softmax2d"):
+        raise ValueError("activation softmax2d needs a 3-D or 4-D input, and a LoRADense applies its activation "
+                         "to the 2-D [N, out_channels] product")
+    if activation is None or isinstance(activation, nn.Cell):
+        return
+    if isinstance(activation, Primitive):
+        probe = Tensor(np.zeros((2, 3), np.float32))
+        try:  # a trial call on a tiny tensor: primitives declare neither their arity nor their outputs
+            out = activation(probe)
+        except Exception:  # pylint: disable=broad-except
+            out = None
+        if not isinstance(out, Tensor) or out.shape != probe.shape:
+            raise TypeError("activation must be an element-wise Primitive (one tensor in, a tensor of its shape "
+                            f"out, e.g. ops.ReLU()), got {_checks.describe(activation)}")
         return
     if not isinstance(activation, str):
         raise TypeError("activation must be a str name, a Cell, a Primitive or None, "
                         f"got {_checks.describe(activation)}")
     try:
         nn.get_activation(activation)
-    except KeyError as err:
-        raise ValueError(f"activation must be a name that mindspore.nn.get_activation knows, "
-                         f"got {_checks.describe(activation)}") from err
+    except (KeyError, TypeError) as err:  # TypeError: 'threshold' needs arguments
+        raise ValueError(f"activation must be a name that mindspore.nn.get_activation builds without "
+                         f"arguments, got {_checks.describe(activation)}") from err
+
+
+def _check_strategy(name, strategy, ranks):
+    """A shard strategy: one tuple of positive ints per op input, as long as that input's rank."""
+    allowed = (f"a tuple of {len(ranks)} tuple(s) of positive ints, one per input of the op, of lengths "
+               f"{', '.join(map(str, ranks))}")
+    if not isinstance(strategy, tuple) or not all(
+            isinstance(dims, tuple) and all(_checks.is_int(d) for d in dims) for dims in strategy):
+        raise TypeError(f"{name} must be {allowed}, got {_checks.describe(strategy)}")
+    if tuple(len(dims) for dims in strategy) != tuple(ranks) or any(d <= 0 for dims in strategy for d in dims):
+        raise ValueError(f"{name} must be {allowed}, got {_checks.describe(strategy)}")
+    return tuple(tuple(int(d) for d in dims) for dims in strategy)
+
+
+# activations whose one primitive (named here) takes the strategy of the activation's input
+_UNARY_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                      nn.FastGelu: "fast_gelu", nn.ELU: "elu", nn.Softsign: "softsign", nn.HSwish: "hswish",
+                      nn.HSigmoid: "hsigmoid", nn.SoftShrink: "softshrink", nn.HShrink: "hshrink",
+                      nn.Mish: "mish", nn.Softmax: "softmax"}
+
+
+class _LeakyReLU(nn.Cell):
+    """max(alpha·x, x) (min for alpha > 1), as ops.leaky_relu, on primitives of its own to shard."""
+
+    def __init__(self, alpha):
+        super().__init__()
+        self.alpha = alpha
+        self.mul = ops.Mul()
+        self.select_op = ops.Maximum() if alpha <= 1 else ops.Minimum()
+
+    def construct(self, x):
+        return self.select_op(self.mul(x, self.alpha), x)
 
 
 def _no_hook(cell, inputs):  # pylint: disable=unused-argument
@@ -129,11 +193,14 @@ class LoRADense(nn.Dense):
     Args:
         in_channels (int): input features.
         out_channels (int): output features.
-        lora_rank (int): rank r of the update, > 0.
-        lora_alpha (Union[int, float]): numerator of the scaling alpha / r, not 0.
+        lora_rank (int): rank r of the update, > 0 (numpy ints too). Above min(in_channels,
+            out_channels) it is accepted, as in MindPet and HF PEFT, with a warning.
+        lora_alpha (Union[int, float]): numerator of the scaling alpha / r, finite, not 0 (numpy
+            scalars and fractions.Fraction are converted to a Python int / float).
         lora_dropout (float): dropout on the LoRA branch input, in [0, 1). 0 adds no op to the graph.
-        lora_a_init, lora_b_init: anything `mindspore.common.initializer.initializer` takes; a Tensor
-            must have shape [lora_rank, in_channels] (A) or [out_channels, lora_rank] (B).
+        lora_a_init, lora_b_init: anything `mindspore.common.initializer.initializer` takes, real and
+            finite; a Tensor (lazily initialised ones too) must have shape [lora_rank, in_channels]
+            (A) or [out_channels, lora_rank] (B).
         param_init_type (mindspore.dtype): dtype of A and B (float16, float32 or bfloat16).
         compute_dtype (mindspore.dtype): dtype of the matmuls (float16, float32 or bfloat16).
         use_rslora (bool): scale by alpha / sqrt(r) instead of alpha / r.
@@ -146,26 +213,34 @@ class LoRADense(nn.Dense):
         Tensor of shape (*, out_channels), in the dtype of `x`.
 
     Raises:
-        TypeError: a wrongly typed lora_rank, lora_alpha, lora_dropout, dtype, init or activation.
-        ValueError: lora_rank <= 0, lora_alpha == 0, lora_dropout outside [0, 1), an init Tensor of
-            the wrong shape, an unknown activation name.
+        TypeError: a wrongly typed lora_rank, lora_alpha, lora_dropout, dtype, init (complex too) or
+            activation (a Primitive that is not element-wise too).
+        ValueError: lora_rank <= 0, lora_alpha 0 / NaN / Inf, lora_dropout outside [0, 1), an init
+            Tensor of the wrong shape or with NaN / Inf, an unknown activation name.
     """
 
     def __init__(self, in_channels, out_channels, lora_rank, lora_alpha, lora_dropout=0.,
                  lora_a_init=HeUniform(negative_slope=math.sqrt(5)), lora_b_init="zeros",
                  param_init_type=mstype.float32, compute_dtype=mstype.float16, use_rslora=False,
                  **kwargs):
-        # every check before anything is built
-        _checks.check_positive_int("lora_rank", lora_rank)
-        _checks.check_lora_alpha("lora_alpha", lora_alpha)
+        # every check before anything is built; numpy ints and floats become Python ones
+        lora_rank = _checks.check_positive_int("lora_rank", lora_rank)
+        lora_alpha = _checks.check_lora_alpha("lora_alpha", lora_alpha)
         _checks.check_dropout("lora_dropout", lora_dropout)
         _checks.check_bool("use_rslora", use_rslora)
         param_init_type = _checks.to_float_dtype("param_init_type", param_init_type)
         compute_dtype = _checks.to_float_dtype("compute_dtype", compute_dtype)
         _check_activation(kwargs.get("activation"))
-        if _checks.is_int(in_channels) and _checks.is_int(out_channels):
+        if _checks.is_int(in_channels) and _checks.is_int(out_channels):  # else nn.Dense names them
+            in_channels, out_channels = int(in_channels), int(out_channels)
             _check_init("lora_a_init", lora_a_init, (lora_rank, in_channels))
             _check_init("lora_b_init", lora_b_init, (out_channels, lora_rank))
+            if lora_rank > min(in_channels, out_channels):
+                # accepted, as MindPet and HF PEFT do (MindPet's own tests use rank 2 on 1x1 layers)
+                logger.warning("LoRADense(%d, %d): lora_rank=%d is larger than min(in_channels, out_channels)=%d: "
+                               "B·A has rank at most %d, the extra rank adds parameters but no capacity",
+                               in_channels, out_channels, lora_rank, min(in_channels, out_channels),
+                               min(in_channels, out_channels))
         super().__init__(in_channels, out_channels, **kwargs)
 
         self.lora_rank = lora_rank
@@ -197,6 +272,10 @@ class LoRADense(nn.Dense):
         activation; param_init_type and compute_dtype default to the weight's dtype."""
         if not isinstance(dense, nn.Dense):
             raise TypeError(f"dense must be a mindspore.nn.Dense, got {_checks.describe(dense)}")
+        if isinstance(dense, LoRADense):  # wrapping it would drop its trained A and B
+            raise TypeError(f"dense must be a plain mindspore.nn.Dense, got a {type(dense).__name__} "
+                            f"({dense.in_channels} -> {dense.out_channels}, lora_rank={dense.lora_rank}) that "
+                            "already holds its own LoRA factors: use it as it is, or merge() it into a Dense")
         wdtype = dense.weight.dtype
         # float64 weights etc. are not LoRA dtypes: let the dtype check name them
         param_init_type = wdtype if param_init_type is None else param_init_type
@@ -268,11 +347,26 @@ class LoRADense(nn.Dense):
         return np.float32(self.scaling) * (b @ a)
 
     def _fold(self, sign):
-        w = self.weight.asnumpy().astype(np.float32) + sign * self.delta_weight()
-        self.weight.set_data(Tensor(w, mstype.float32).astype(self.weight.dtype))
+        """W <- W + sign·s·B·A, or a ValueError and W untouched when any of them, or the result in
+        W's dtype, is not finite: a NaN folded into W cannot be taken out again."""
+        what = "merge" if sign > 0 else "unmerge"
+        layer = f"LoRADense({self.in_channels} -> {self.out_channels}, weight {list(self.weight.shape)})"
+        w = self.weight.asnumpy().astype(np.float32)
+        for name, values in (("lora_a (A)", self.mindpet_delta_lora_a.asnumpy()),
+                             ("lora_b (B)", self.mindpet_delta_lora_b.asnumpy()), ("weight (W)", w)):
+            bad = values.size - np.count_nonzero(np.isfinite(values))
+            if bad:
+                raise ValueError(f"{layer}: cannot {what}: {name} holds {bad} non-finite (NaN / Inf) values "
+                                 f"of {values.size}; the weight is left unchanged")
+        new = Tensor(w + sign * self.delta_weight(), mstype.float32).astype(self.weight.dtype)
+        if not np.isfinite(new.astype(mstype.float32).asnumpy()).all():
+            raise ValueError(f"{layer}: cannot {what}: W {'+' if sign > 0 else '-'} s·B·A overflows "
+                             f"{self.weight.dtype} (s={self.scaling:g}); the weight is left unchanged")
+        self.weight.set_data(new)
 
     def merge(self):
-        """W <- W + s·B·A (float32 math, cast back); the forward then skips the LoRA branch."""
+        """W <- W + s·B·A (float32 math, cast back); the forward then skips the LoRA branch.
+        ValueError, W untouched, when A, B or W hold NaN / Inf or the sum overflows W's dtype."""
         if not self.merged:
             self._fold(1.0)
             self.merged = True
@@ -295,7 +389,15 @@ class LoRADense(nn.Dense):
               strategy_lora_dropout=None, strategy_lora_a_matmul=None, strategy_lora_b_matmul=None,
               strategy_lora_mul=None, strategy_lora_add=None, strategy_activation=None):
         """Set parallel strategies of the layer's operators (semi-auto / auto parallel only;
-        ignored elsewhere). `strategy_lora_mul` applies to the [N, rank] product x·Aᵀ times s."""
+        ignored elsewhere). A strategy holds one tuple of positive ints per input of its op, as long
+        as that input's rank: ((N, in), (out, in)) splits for the matmuls, ((N, out), (out,)) for the
+        bias add, ((N, r), ()) for `strategy_lora_mul` (x·Aᵀ times the scalar s), ((N, out),) for
+        the activation's input (MindPet's ((N, out), (N, out)) too; PReLU: its primitive's own
+        ((N, out), (channel,))). LogSoftmax cannot be sharded, as in MindPet.
+
+        Every strategy is checked before any is applied. A strategy for an op the layer does not
+        have (dropout with lora_dropout=0, bias_add without bias, no activation) is a ValueError.
+        A sharded layer computes in the branch form, whose ops carry the strategies."""
         strategies = {
             "strategy_org_dense_matmul": strategy_org_dense_matmul,
             "strategy_org_bias_add": strategy_org_bias_add,
@@ -304,38 +406,72 @@ class LoRADense(nn.Dense):
             "strategy_lora_b_matmul": strategy_lora_b_matmul,
             "strategy_lora_mul": strategy_lora_mul,
             "strategy_lora_add": strategy_lora_add,
-            "strategy_activation": strategy_activation,
         }
-        for name, value in strategies.items():
-            if value is not None and not isinstance(value, tuple):
-                raise TypeError(f"{name} must be a tuple of tuples or None, got {_checks.describe(value)}")
-        act_prims = self._activation_primitives() if strategy_activation is not None else []
-        self.matmul.shard(strategy_org_dense_matmul)
-        if self.has_bias:
-            self.bias_add.shard(strategy_org_bias_add)
-        if self.lora_dropout is not None:
-            self.lora_dropout.dropout.shard(strategy_lora_dropout)
-        self.lora_a_matmul.shard(strategy_lora_a_matmul)
-        self.lora_b_matmul.shard(strategy_lora_b_matmul)
-        self.mul.shard(strategy_lora_mul)
-        self.add.shard(strategy_lora_add)
-        for prim in act_prims:
-            prim.shard(strategy_activation)
+        layer_ops = {  # argument: (primitive, or why the layer has none; input ranks)
+            "strategy_org_dense_matmul": (self.matmul, (2, 2)),
+            "strategy_org_bias_add": (self.bias_add if self.has_bias else "has_bias=False", (2, 1)),
+            "strategy_lora_dropout": (self.lora_dropout.dropout if self.lora_dropout is not None
+                                      else "lora_dropout=0. adds no dropout op", (2,)),
+            "strategy_lora_a_matmul": (self.lora_a_matmul, (2, 2)),
+            "strategy_lora_b_matmul": (self.lora_b_matmul, (2, 2)),
+            "strategy_lora_mul": (self.mul, (2, 0)),
+            "strategy_lora_add": (self.add, (2, 2)),
+        }
+        plan = []  # (primitive, strategy): checked first, applied only when all are valid
+        for name, strategy in strategies.items():
+            if strategy is None:
+                continue
+            op, ranks = layer_ops[name]
+            if isinstance(op, str):
+                raise ValueError(f"{name} was given, but this LoRADense has no such op ({op})")
+            plan.append((op, _check_strategy(name, strategy, ranks)))
+        activation = self.activation
+        if strategy_activation is not None:
+            activation, act_plan = self._activation_shards(strategy_activation)
+            plan += act_plan
+        if activation is not self.activation:
+            self.activation = activation
+        for op, strategy in plan:
+            op.shard(strategy)
+        if plan:
+            self._fold_mode = False  # the folded form's matmuls are not the ones that carry strategies
+            self._recompile()
         return self
 
-    def _activation_primitives(self):
-        act = self.activation
+    def _activation_shards(self, strategy):
+        """(activation, [(primitive, strategy)]) for `strategy_activation`, as MindPet shards its
+        activations: the primitive takes the input's strategy s; LeakyReLU's select op (s, s) and
+        LogSigmoid's scalar ops (s, ()). LeakyReLU and GELU compute through functional ops in
+        MindSpore 2.9, with no primitive of the cell's own: sharding swaps in the same math built on
+        a primitive (LeakyReLU keeps MindPet's `select_op` name)."""
+        name, act = "strategy_activation", self.activation
         if not self.activation_flag:
-            raise ValueError("strategy_activation was given but the LoRADense has no activation")
-        if isinstance(act, (nn.LogSoftmax, ops.LogSoftmax)):
-            raise ValueError(f"activation {type(act).__name__} cannot be sharded: log-softmax reduces over "
-                             "the split axis; use it after the LoRADense instead")
+            raise ValueError(f"{name} was given, but this LoRADense has no activation")
+        if isinstance(act, (nn.LogSoftmax, nn.LogSoftmaxExt, ops.LogSoftmax)):
+            raise ValueError(f"{name}: activation {type(act).__name__} cannot be sharded (log-softmax reduces over "
+                             "the split axis; MindPet refuses it too): apply it after the LoRADense instead")
+        if isinstance(act, nn.PReLU):  # input and weight: the primitive's own strategy, as MindPet passes it
+            return act, [(act.prelu, _check_strategy(name, strategy, (2, 1)))]
+        if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
+            strategy = strategy[:1]  # MindPet's tests give the input's strategy twice
+        s = _check_strategy(name, strategy, (2,))[0]
+        if isinstance(act, nn.LeakyReLU):
+            act = _LeakyReLU(act.alpha)
+        elif isinstance(act, nn.GELU) and act.approximate == "tanh":
+            act = ops.GeLU()  # what ops.gelu(x, approximate='tanh') runs
+        if isinstance(act, _LeakyReLU):
+            return act, [(act.select_op, (s, s)), (act.mul, (s, ()))]
+        if isinstance(act, nn.LogSigmoid):
+            return act, [(act.mul, (s, ())), (act.exp, (s,)), (act.add, (s, ())), (act.rec, (s,)), (act.log, (s,))]
         if isinstance(act, Primitive):
-            return [act]
-        prims = [v for v in vars(act).get("_primitives", {}).values() if isinstance(v, Primitive)]
-        if not prims:
-            raise ValueError(f"activation {type(act).__name__} has no primitive to shard")
-        return prims
+            return act, [(act, (s,))]
+        for cls, attr in _UNARY_ACTIVATIONS.items():
+            if isinstance(act, cls):
+                return act, [(getattr(act, attr), (s,))]
+        raise ValueError(f"{name}: activation {type(act).__name__} has no primitive LoRADense can shard (it "
+                         "computes through functional ops, or is not one of mindspore.nn's); shardable: a "
+                         "Primitive, LeakyReLU, tanh GELU, LogSigmoid, PReLU, "
+                         f"{', '.join(c.__name__ for c in _UNARY_ACTIVATIONS)}")
 
     def adapter_parameters(self):
         """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}``."""
