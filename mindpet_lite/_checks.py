@@ -9,6 +9,8 @@ status for an exception (:func:`exit_status`).
 """
 import argparse
 import difflib
+import json
+import math
 import numbers
 import os
 import reprlib
@@ -25,14 +27,15 @@ FLOAT_DTYPES = {"float16": mstype.float16, "float32": mstype.float32, "bfloat16"
 # plain repr() would build all of them before a message could cut it short
 _SHORT_REPR = reprlib.Repr()
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 4, 6, 6
-_SHORT_REPR.maxset, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 6, 60, 60, 40
+_SHORT_REPR.maxset, _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = 6, 240, 80, 40
 
 
 def describe(value):
-    """`value (type)` for error messages, at most ~80 characters of value however large it is."""
+    """`value (type)` for error messages, at most ~240 characters of value however large it is (a
+    path is shown whole up to that length)."""
     text = _SHORT_REPR.repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
+    if len(text) > 240:
+        text = text[:237] + "..."
     return f"{text} ({type(value).__name__})"
 
 
@@ -82,6 +85,8 @@ def check_number(name, value, minimum=None, maximum=None, above=None, below=None
         if isinstance(value, str) and reads_as_float(value):
             hint = " (YAML reads 1e-5 as a string: write 1.0e-5)"
         raise TypeError(f"{name} must be {allowed}, got {describe(value)}{hint}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite {allowed[2:]}, got {describe(value)}")
     if not _in_range(value, minimum, maximum, above, below):
         raise ValueError(f"{name} must be {allowed}, got {describe(value)}")
     return value
@@ -241,6 +246,24 @@ def split_known_keys(section, mapping, valid, known_ignored=(), strict=False):
                 raise ValueError(f"{section}: unknown key '{key}'{hint} (valid keys: {', '.join(map(str, valid))})")
         ignored.append(key)
     return used, ignored
+
+
+def load_mapping(path, what):
+    """A JSON (``*.json``, read by ``json``: YAML 1.1 would read ``1e-06`` as a string) or YAML file that
+    must hold a mapping; every error names ``what`` and the path."""
+    if not (isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".json")):
+        return load_yaml_mapping(path, what)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {describe(data)}")
+    return data
 
 
 def load_yaml_mapping(path, what):

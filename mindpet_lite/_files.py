@@ -100,8 +100,12 @@ def check_input_file(path, what="path"):
     fmt = format_from_path(path)
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty (0 bytes): truncated or never written")
-    if fmt == "ckpt" and _sniff(path) == "safetensors":
+    content = _sniff(path)
+    if fmt == "ckpt" and content == "safetensors":
         raise ValueError(f"{path} is named .ckpt but holds a safetensors file; rename it *.safetensors")
+    if fmt == "safetensors" and content != "safetensors":
+        raise ValueError(f"{path} is named .safetensors but does not start with a safetensors header: truncated "
+                         "or corrupt, or a MindSpore .ckpt renamed (give a .ckpt file its .ckpt name)")
     return fmt
 
 

@@ -42,12 +42,13 @@ def _add_finetune(sub):
     from mindpet_lite.train.run_config import add_run_arguments  # pylint: disable=import-outside-toplevel
     p = sub.add_parser("finetune", help="LoRA fine-tuning from a MindFormers run YAML (run_mindformer.py's flags)",
                        description="LoRA fine-tuning from a MindFormers run YAML; flags override the YAML, "
-                                   "--options KEY=VALUE sets any other key. Same as python -m mindpet_lite.run.")
+                                   "--section.key value (or --options KEY=VALUE) sets any other key. Same as "
+                                   "python -m mindpet_lite.run.")
     add_run_arguments(p)
 
     def work(args):
         from mindpet_lite.train import finetune, load_run_config  # pylint: disable=import-outside-toplevel
-        finetune(load_run_config(args))
+        finetune(load_run_config(args, args.extra))
 
     p.set_defaults(func=_command("finetune", work))
 
@@ -69,12 +70,8 @@ def _add_data(sub):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
 
     def work(args):
-        import json  # pylint: disable=import-outside-toplevel
         from mindpet_lite.data import convert_alpaca  # pylint: disable=import-outside-toplevel
-        template = None
-        if args.template:
-            with open(args.template, encoding="utf-8") as f:
-                template = json.load(f)
+        template = _checks.load_mapping(args.template, "--template") if args.template else None
         stats = convert_alpaca(args.src, args.dst, args.tokenizer, args.seq_length, template=template,
                                overwrite=args.overwrite)
         print(f"wrote {stats['dst']}: {stats['written']} rows of {stats['seq_length'] + 1} tokens "
@@ -100,6 +97,7 @@ def _add_merge(sub):
     p.add_argument("--layout", choices=["auto", "out_in", "in_out"], default="auto",
                    help="base weight layout: [out,in] (nn.Dense, HF) or [in,out] (transpose_b=False); auto reads shapes")
     p.add_argument("--unmerge", action="store_true", help="subtract the adapter instead (W = W' - s*B*A)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
 
     def work(args):
         from mindpet_lite.adapters import merge  # pylint: disable=import-outside-toplevel
@@ -107,10 +105,12 @@ def _add_merge(sub):
             if args.unmerge:
                 raise ValueError("--unmerge needs --adapter")
             merged = merge.merge_full_checkpoint(args.base, args.out, args.format, args.scaling,
-                                                 _alpha(args.lora_alpha), args.use_rslora, args.layout)
+                                                 _alpha(args.lora_alpha), args.use_rslora, args.layout,
+                                                 overwrite=args.overwrite)
         else:
             merged = merge.merge_checkpoint(args.base, args.adapter, args.out, args.format, args.scaling,
-                                            args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora)
+                                            args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora,
+                                            overwrite=args.overwrite)
         print(f"{'unmerged' if args.unmerge else 'merged'}: {args.out} ({len(merged)} tensors)")
 
     p.set_defaults(func=_command("merge", work))
@@ -124,21 +124,25 @@ def _add_peft(sub):
     exp.add_argument("--adapter", required=True, help="adapter file (.ckpt or .safetensors)")
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--base-model", default=None, help="base_model_name_or_path to record in the config")
-    exp.add_argument("--lora-alpha", type=float, help="alpha, for adapters saved without metadata")
+    exp.add_argument("--lora-alpha", type=float, help="alpha, for adapters saved without metadata (an adapter "
+                     "with metadata keeps its own; a different value is an error)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
     imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA directory to an adapter file")
     imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
 
     def work_export(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha))
+        config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha),
+                                  overwrite=args.overwrite)
         print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
               f"target_modules={config['target_modules']})")
 
     def work_import(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format)
+        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite)
         cfg = meta["pet_config"]
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
@@ -159,24 +163,22 @@ def _add_convert_base(sub):
     p.add_argument("--format", choices=["ckpt", "safetensors"], help="from hf: must agree with the suffix of --out")
     p.add_argument("--model-config", help="from mindspore: YAML/JSON model_config (or run YAML) to write config.json")
     p.add_argument("--max-shard-size", type=int, help="from mindspore: bytes per safetensors shard")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
 
     def work(args):
         from mindpet_lite.adapters import convert  # pylint: disable=import-outside-toplevel
         if args.source == "hf":
-            tensors = convert.hf_to_mindspore(args.src, args.out, args.format)
+            tensors = convert.hf_to_mindspore(args.src, args.out, args.format, overwrite=args.overwrite)
         else:
             config = None
             if args.model_config:
-                import json  # pylint: disable=import-outside-toplevel
-                import yaml  # pylint: disable=import-outside-toplevel
                 from mindpet_lite.models import LlamaConfig  # pylint: disable=import-outside-toplevel
-                with open(args.model_config, encoding="utf-8") as f:
-                    is_json = args.model_config.endswith(".json")
-                    data = json.load(f) if is_json else yaml.safe_load(f)
-                if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                data = _checks.load_mapping(args.model_config, "--model-config")
+                if isinstance(data.get("model"), dict):
                     data = data["model"].get("model_config", data)
                 config = LlamaConfig.from_dict(data)
-            tensors = convert.mindspore_to_hf(args.src, args.out, config, args.max_shard_size)
+            tensors = convert.mindspore_to_hf(args.src, args.out, config, args.max_shard_size,
+                                              overwrite=args.overwrite)
         print(f"converted: {args.src} -> {args.out} ({len(tensors)} tensors)")
 
     p.set_defaults(func=_command("convert-base", work))
@@ -203,10 +205,13 @@ def build_parser():
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if extra and args.command != "finetune":  # only finetune takes run_mindformer.py's --section.key pairs
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     return args.func(args) or 0
 
 

@@ -77,6 +77,12 @@ is_int "$LOCAL_WORKER" && [ "$LOCAL_WORKER" -ge 1 ] && [ "$LOCAL_WORKER" -le "$W
 is_int "$MASTER_PORT" && [ "$MASTER_PORT" -ge 1024 ] && [ "$MASTER_PORT" -le 65535 ] \
   || usage_error "MASTER_PORT must be an integer in [1024, 65535], got '$MASTER_PORT'"
 is_int "$NODE_RANK" || usage_error "NODE_RANK must be an integer >= 0, got '$NODE_RANK'"
+# every node runs LOCAL_WORKER workers: the nodes are WORKER_NUM / LOCAL_WORKER, numbered from 0
+[ $((WORKER_NUM % LOCAL_WORKER)) -eq 0 ] \
+  || usage_error "WORKER_NUM ($WORKER_NUM) must be LOCAL_WORKER ($LOCAL_WORKER) x the number of nodes"
+NODES=$((WORKER_NUM / LOCAL_WORKER))
+[ "$NODE_RANK" -lt "$NODES" ] \
+  || usage_error "NODE_RANK must be in [0, $NODES) for $NODES node(s) of $LOCAL_WORKER workers (WORKER_NUM $WORKER_NUM), got $NODE_RANK"
 [[ $CLUSTER_TIME_OUT =~ ^-?[0-9]+$ ]] \
   || usage_error "CLUSTER_TIME_OUT must be an integer (seconds), got '$CLUSTER_TIME_OUT'"
 case ${JOIN,,} in

@@ -49,7 +49,7 @@ from mindpet_lite._checks import check_bool, check_positive_int, describe, is_in
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_dataset", "dataset_num_rows"]
+__all__ = ["create_dataset", "dataset_num_rows", "check_token_ids"]
 
 COLUMNS = ("input_ids", "labels")
 _INT_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
@@ -120,6 +120,39 @@ def dataset_num_rows(path):
         ValueError: `path` is not a MindRecord file.
     """
     return _inspect(_check_path(path))[0]
+
+
+def check_token_ids(path, vocab_size, ignore_index=-100):
+    """Refuse data a model of ``vocab_size`` tokens cannot train on, before any step runs: an input id
+    outside ``[0, vocab_size)`` (a negative id or one past the embedding table would fail deep inside
+    the graph's Gather), a label outside it other than ``ignore_index``, and data whose every label is
+    ``ignore_index`` (the loss would be 0 and the adapter would learn nothing). Returns the number of
+    label tokens.
+    """
+    vocab_size = check_positive_int("vocab_size", vocab_size)
+    path = _check_path(path)
+    reader = FileReader(path, num_consumer=1, columns=list(COLUMNS))
+    label_tokens = 0
+    try:
+        for row_index, row in enumerate(reader.get_next()):
+            ids = np.asarray(row["input_ids"]).reshape(-1)
+            labels = np.asarray(row["labels"]).reshape(-1)
+            bad = ids[(ids < 0) | (ids >= vocab_size)]
+            if bad.size:
+                raise ValueError(f"{path}: row {row_index} holds input id {int(bad[0])}, outside the model's "
+                                 f"vocabulary [0, {vocab_size}) (tokenized for another model?)")
+            kept = labels[labels != ignore_index]
+            bad = kept[(kept < 0) | (kept >= vocab_size)]
+            if bad.size:
+                raise ValueError(f"{path}: row {row_index} holds label {int(bad[0])}, neither a token id in "
+                                 f"[0, {vocab_size}) nor the ignore index {ignore_index}")
+            label_tokens += int(kept.size)
+    finally:
+        reader.close()
+    if not label_tokens:
+        raise ValueError(f"{path}: every label is the ignore index {ignore_index}: there is nothing to learn "
+                         "(were the answers cut off by seq_length?)")
+    return label_tokens
 
 
 def _epoch_indices(num_rows, rows_per_rank, rank_id, rank_size, shuffle, seed, epoch):

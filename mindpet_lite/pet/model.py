@@ -60,10 +60,16 @@ def apply_lora(network, pet_config):
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
     config = load_pet_config(pet_config)
+    adapted = [path for path, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
+    if adapted:
+        raise ValueError(f"the network already holds {len(adapted)} LoRA layers ({', '.join(adapted[:3])}"
+                         f"{', ...' if len(adapted) > 3 else ''}): apply LoRA once, with every target in one "
+                         "pet_config, so that its pet_config describes the whole adapter")
 
     targets = _plan(network, config)
     if not targets:
         raise ValueError(_no_match_message(network, config))
+    _check_shared(network, targets)
     built = [_build(cell, path, config) for _, _, path, cell in targets]
     prefixes = _lora_prefixes(network, targets)
 
@@ -113,7 +119,38 @@ def _plan(network, config):
                 visit(child, path)
 
     visit(network, "")
+    for pattern, regex in zip(config.exclude_layers or [], excludes):
+        if not any(_hit(regex, path.rsplit(".", 1)[-1], path) for path, _ in network.cells_and_names() if path):
+            logger.warning("exclude_layers pattern %r matches no layer", pattern)
     return found
+
+
+def _paths_by_cell(network):
+    """{id(cell): [every dotted path it is reachable at]} (cells_and_names gives each cell once)."""
+    paths = {}
+
+    def visit(cell, prefix):
+        for name, child in cell.name_cells().items():
+            if child is not None:
+                path = f"{prefix}.{name}" if prefix else name
+                paths.setdefault(id(child), []).append(path)
+                visit(child, path)
+
+    visit(network, "")
+    return paths
+
+
+def _check_shared(network, targets):
+    """A target reachable at a path the plan leaves out would stay a plain layer there, sharing the
+    weight but not the adapter: refuse, naming both paths."""
+    planned = {path for _, _, path, _ in targets}
+    all_paths = _paths_by_cell(network)
+    for _, _, path, cell in targets:
+        others = [p for p in all_paths.get(id(cell), []) if p != path and p not in planned]
+        if others:
+            raise ValueError(f"{path} is one layer shared with {', '.join(others)}: target_modules selects it at "
+                             f"{path} only, so {others[0]} would compute without the adapter; a shared layer "
+                             "cannot take LoRA (exclude all its paths with exclude_layers, or unshare it)")
 
 
 def _is_dense_like(cell):

@@ -213,7 +213,7 @@ class AdapterCheckpoint:
         os.makedirs(self.directory, exist_ok=True)
         stem = os.path.join(self.directory, f"{self.prefix}_step{state.step:06d}")
         adapter = f"{stem}.{self.fmt}"
-        save_adapter(state.net, adapter, config=state.pet_config)
+        save_adapter(state.net, adapter, config=state.pet_config, overwrite=True)  # the run owns its folder
         tensors, meta = state.trainer.state_dict()
         state_file = f"{stem}.state.ckpt"
         _files.write_checkpoint(tensors, state_file)
@@ -268,8 +268,15 @@ def find_latest_checkpoint(path):
 
 def read_resume_state(json_path):
     """(metadata dict, adapter path, state file path) of a checkpoint JSON, checking the files exist."""
-    with open(json_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"resume: {json_path} is not valid JSON ({err}): a damaged checkpoint record") from err
+    wanted = ("step", "adapter", "state")
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), (int, str)) for k in wanted):
+        raise ValueError(f"resume: {json_path} must be a JSON object with {', '.join(wanted)} (a checkpoint "
+                         "record this runner wrote)")
     folder = os.path.dirname(os.path.abspath(json_path))
     adapter = os.path.join(folder, meta["adapter"])
     state_file = os.path.join(folder, meta["state"])

@@ -25,7 +25,7 @@ from mindspore import Tensor
 from mindpet_lite import _files
 from mindpet_lite.adapters import load_adapter, save_adapter
 from mindpet_lite.adapters.names import is_state_key
-from mindpet_lite.data import create_dataset
+from mindpet_lite.data import check_token_ids, create_dataset
 from mindpet_lite.graph.freeze import get_adapter_params
 from mindpet_lite.integrations import mindformers as mf
 from mindpet_lite.models.llama import LlamaForCausalLM, recompute_layers
@@ -166,10 +166,38 @@ def _open_data(cfg, dc, batch_size, rank_id, rank_size, repeat, train):
         which = "train_dataset" if train else "eval_dataset"
         raise ValueError(f"{which}.data_loader.dataset_dir is empty: give a MindRecord file "
                          f"(--{which}_dir PATH; build one with `mindpet-lite data`)")
-    return create_dataset(dc.dataset_dir, batch_size, seq_length=cfg.seq_length, rank_id=rank_id,
+    data = create_dataset(dc.dataset_dir, batch_size, seq_length=cfg.seq_length, rank_id=rank_id,
                           rank_size=rank_size, shuffle=dc.shuffle, seed=cfg.seed,
                           drop_remainder=dc.drop_remainder if not train else True,
                           num_parallel_workers=dc.num_parallel_workers, repeat=repeat)
+    vocab_size = cfg.llama_config.vocab_size if cfg.llama_config is not None else cfg.model_config.get("vocab_size")
+    if vocab_size:
+        check_token_ids(dc.dataset_dir, vocab_size, _ignore_index(cfg))
+    return data
+
+
+def _check_outputs(cfg):
+    """Where the run writes, checked before anything is built (and made only when training starts):
+    output_dir and the checkpoint folder are directories or can be made, the checkpoint prefix is a
+    file name, and no output is an input. A run owns its output_dir: an earlier run's files there
+    are replaced."""
+    ckpt_dir = cfg.checkpoint_dir or os.path.join(cfg.output_dir, "checkpoint")
+    for what, folder in (("output_dir", cfg.output_dir), ("checkpoint directory", ckpt_dir)):
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{what} {folder}: {existing} is not writable")
+    prefix = cfg.checkpoint_prefix
+    if not prefix or os.sep in prefix or (os.altsep and os.altsep in prefix) or prefix in (".", ".."):
+        raise ValueError(f"callbacks CheckpointMonitor prefix must be a file name prefix, got {prefix!r}")
+    inputs = [p for p in (cfg.load_checkpoint, cfg.train_dataset.dataset_dir,
+                          cfg.eval_dataset.dataset_dir if cfg.eval_dataset else None) if p]
+    for name in (f"adapter.{cfg.checkpoint_format}", "summary.json", "loss.csv", "loss.png"):
+        _files.check_new_output(os.path.join(cfg.output_dir, name), inputs, overwrite=True, what="output")
+    return ckpt_dir
 
 
 def _adapter_digest(net):
@@ -199,7 +227,8 @@ def finetune(run_config):
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    # 1. data (checked first: the cheapest inputs to get wrong)
+    # 1. outputs and data (checked first: the cheapest inputs to get wrong)
+    ckpt_dir = _check_outputs(cfg)
     train_data = _open_data(cfg, cfg.train_dataset, cfg.batch_size, rank_id, rank_size, cfg.epochs, train=True)
     eval_data = None
     if cfg.eval_dataset is not None and rank_id == 0:
@@ -222,6 +251,10 @@ def finetune(run_config):
         source = cfg.output_dir if cfg.resume is True else cfg.resume
         json_path = cb.find_latest_checkpoint(source)
         resume = cb.read_resume_state(json_path)
+        resumed_at = int(resume[0].get("step", 0))
+        if resumed_at > stop:
+            raise ValueError(f"resume: {json_path} is at step {resumed_at}, beyond this run's last step {stop} "
+                             f"({steps_in_data} steps in the data, max_steps={cfg.max_steps}): nothing to resume")
         if resume[0].get("rank_size", 1) != rank_size:
             logger.warning("resume: the checkpoint was written with %s workers, now %d: the data order differs",
                            resume[0].get("rank_size"), rank_size)
@@ -256,7 +289,6 @@ def finetune(run_config):
     state = TrainState(net=net, pet_config=net.pet_config, rank_id=rank_id, rank_size=rank_size,
                        global_batch=cfg.batch_size * rank_size, seq_length=cfg.seq_length,
                        tokens_per_step=cfg.batch_size * rank_size * cfg.seq_length * cfg.gradient_accumulation_steps)
-    ckpt_dir = cfg.checkpoint_dir or os.path.join(cfg.output_dir, "checkpoint")
     # with held-out data the PNG is drawn after the final score, with it (below)
     callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir, plot=eval_data is None),
                  cb.AdapterCheckpoint(ckpt_dir, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
@@ -287,7 +319,7 @@ def finetune(run_config):
     # 5. final adapter and summaries
     adapter_path = os.path.join(cfg.output_dir, f"adapter.{cfg.checkpoint_format}")
     if rank_id == 0:
-        save_adapter(net, adapter_path, config=net.pet_config)
+        save_adapter(net, adapter_path, config=net.pet_config, overwrite=True)  # the run owns output_dir
     summary = {"config": cfg.summary(), "steps": trainer.step, "total_steps": total, "stop_step": stop,
                "rank_size": rank_size, "trainable": share["trainable"], "total_params": share["total"],
                "trainable_percent": share["percent"], "base_checkpoint": base["files"],

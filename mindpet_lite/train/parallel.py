@@ -180,6 +180,10 @@ def _set_device(device_target, device_id):
     """``ms.set_device``; the device id only on Ascend / GPU (a CPU has one device)."""
     if device_target is None:
         return
+    if not ms.hal.is_available(device_target):  # else the first graph fails with a raw RuntimeError
+        raise ValueError(f"device_target {device_target!r} is not available to this MindSpore build "
+                         f"({ms.__version__}, it has no {device_target} backend or the device is not set up): "
+                         "use --device_target CPU, or run on a machine with that device and its MindSpore package")
     if device_target.upper() != "CPU" and device_id is not None:
         ms.set_device(device_target, device_id)
     else:

@@ -391,6 +391,21 @@ def overrides_from_args(args):
     return {FLAG_KEYS[k]: v for k, v in values.items() if k in FLAG_KEYS and v is not None}
 
 
+def _flag_hint(name):
+    """'; did you mean ...' for an unknown flag: the section key of that name, else the closest flag."""
+    name = name.replace("-", "_")
+    flags = {k.flag for k, _ in schema.flag_keys()}
+    if name in flags:
+        return f"; did you mean --{name}?"
+    for section in schema.ALL_SECTIONS:
+        if section.path and name in section.valid:
+            if section.path.startswith("callbacks["):
+                return f"; {name} is a key of the YAML's callbacks list ({section.path[len('callbacks['):-1]})"
+            return f"; did you mean --{section.path}.{name}?"
+    hint = _checks.closest(name, sorted(flags | set(schema.TOP.valid) | {"config", "options"}))
+    return f"; did you mean --{hint}?" if hint else ""
+
+
 def parse_extra_overrides(rest):
     """run_mindformer.py's trailing ``--section.key value`` (or ``--section.key=value``) pairs ->
     {dotted key: value}; values are read as YAML scalars (``1e-3``, ``True``, ``[1, 2]``)."""
@@ -402,11 +417,15 @@ def parse_extra_overrides(rest):
         if not key.startswith("--") or len(key) < 3:
             raise ValueError(f"extra argument {key!r}: a config key must start with -- (e.g. "
                              "--lr_schedule.learning_rate 1e-3)")
+        name = key[2:]
+        if "." not in name and name not in schema.TOP.valid:
+            raise ValueError(f"unknown flag {key}{_flag_hint(name)} (the flags are listed by --help; any other YAML "
+                             "key is set as --section.key value, e.g. --lr_schedule.learning_rate 1e-3)")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             parsed = value
-        out[key[2:]] = parsed
+        out[name] = parsed
     return out
 
 
@@ -418,5 +437,11 @@ def load_run_config(args, extra=None):
             raise ValueError(f"--options takes KEY=VALUE items, got {item!r}")
         overrides.update(parse_extra_overrides(["--" + item]))
     overrides.update(parse_extra_overrides(extra or []))
+    typed = set(overrides)  # keys set as --section.key / --options: they must be keys the runner uses
     overrides.update(overrides_from_args(args))
-    return RunConfig.from_yaml(args.config, overrides)
+    cfg = RunConfig.from_yaml(args.config, overrides)
+    unused = sorted(k for k in typed for skipped in cfg.ignored_keys if k == skipped or k.startswith(skipped + "."))
+    if unused:
+        raise ValueError(f"--{unused[0]} is set on the command line but this runner does not use that key "
+                         f"(unused keys: {', '.join(unused)}); check its spelling and section")
+    return cfg

@@ -187,7 +187,7 @@ TOP = Section("", keys=(
         flag="run_mode"),
     Key("load_checkpoint", "path", "", "base weights: a .ckpt / .safetensors file, or a directory of them",
         flag="load_checkpoint"),
-    Key("output_dir", "path", "./output", "where checkpoints, logs, the loss curve and summary.json go",
+    Key("output_dir", "str", "./output", "where checkpoints, logs, the loss curve and summary.json go",
         flag="output_dir"),
     Key("use_parallel", "bool", False, "True under msrun: data parallel over the workers", flag="use_parallel"),
     Key("auto_trans_ckpt", "bool", False,
@@ -224,11 +224,11 @@ RUNNER = Section("runner_config", keys=(
         attr="runner_batch_size"),
     Key("sink_mode", "bool", False, "accepted; steps are fed from Python", flag="sink_mode"),
     Key("sink_size", "int", 1, "accepted; steps are fed from Python", minimum=-1),
-    Key("gradient_accumulation_steps", "int", 1, "micro-batches per optimizer step (0 or less: 1)",
-        unset_at_most=0, flag="gradient_accumulation_steps"),
+    Key("gradient_accumulation_steps", "int", 1, "micro-batches per optimizer step", minimum=1,
+        flag="gradient_accumulation_steps"),
     Key("max_steps", "int", None, "stop after this many optimizer steps (the lr schedule keeps its length, "
-        "so an interrupted run and a resumed one follow the same curve); 0 or less: no limit",
-        unset_at_most=0, flag="max_steps"),
+        "so an interrupted run and a resumed one follow the same curve); not set: no limit", minimum=1,
+        flag="max_steps"),
 ), ignored=("initial_epoch", "initial_step", "per_epoch_size", "stop_step", "num_samples"))
 
 OPTIMIZER = Section("optimizer", keys=(

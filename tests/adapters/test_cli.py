@@ -44,9 +44,12 @@ def test_merge_errors_leave_output(tmp_path, capsys):
         f.write(b"old")
     _files.write_checkpoint({"other.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "base.ckpt"))
     assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out,
+                 "--overwrite"]) == 2
     assert "no weight for 2 adapter pairs" in capsys.readouterr().err
     assert main(["merge", "--base", str(tmp_path / "base.ckpt"), "--adapter", adapter, "--out", out,
-                 "--format", "safetensors"]) == 2
+                 "--format", "safetensors", "--overwrite"]) == 2
     assert "does not match the suffix" in capsys.readouterr().err
     with open(out, "rb") as f:
         assert f.read() == b"old"

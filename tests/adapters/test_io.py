@@ -178,7 +178,7 @@ def test_bad_inputs_leave_output_untouched(tmp_path, suffix):
         with pytest.raises(ValueError, match="truncated or corrupt"):
             read_adapter(bad)
         with pytest.raises(ValueError, match="truncated or corrupt"):
-            gather_sharded_adapter([bad], out)
+            gather_sharded_adapter([bad], out, overwrite=True)
     empty = str(tmp_path / f"empty{suffix}")
     open(empty, "wb").close()
     with pytest.raises(ValueError, match="empty"):
@@ -191,7 +191,7 @@ def test_bad_inputs_leave_output_untouched(tmp_path, suffix):
     # wrong format flag, unknown suffix
     other = "safetensors" if suffix == ".ckpt" else "ckpt"
     with pytest.raises(ValueError, match=f"format='{other}' does not match the suffix"):
-        save_adapter(net, out, format=other)
+        save_adapter(net, out, format=other, overwrite=True)
     with pytest.raises(ValueError, match="must end with"):
         save_adapter(net, str(tmp_path / "out.bin"))
     # an empty adapter: a network without LoRA and nothing trainable
@@ -201,7 +201,7 @@ def test_bad_inputs_leave_output_untouched(tmp_path, suffix):
     frozen_plain = ms.nn.Dense(3, 3)
     frozen_plain.weight.requires_grad = frozen_plain.bias.requires_grad = False
     with pytest.raises(ValueError, match="empty adapter"):
-        save_adapter(frozen_plain, out)
+        save_adapter(frozen_plain, out, overwrite=True)
     # a failing write (an unserialisable metadata value) leaves no temp file and the old output
     with pytest.raises(TypeError):
         write_adapter_file(_lora(net), out, metadata={"bad": object()})

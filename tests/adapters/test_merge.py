@@ -85,26 +85,28 @@ def test_errors_before_writing(tmp_path, rng):
     out = str(tmp_path / "merged.ckpt")
     with open(out, "wb") as f:
         f.write(b"old")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        merge_checkpoint(base, (adapter, META), out)
     # a base key missing for an adapter pair
     partial = {k: v for k, v in base.items() if not k.startswith("l.up")}
     with pytest.raises(ValueError, match="no weight for 1 adapter pairs: l.up.weight"):
-        merge_checkpoint(partial, (adapter, META), out)
+        merge_checkpoint(partial, (adapter, META), out, overwrite=True)
     # no metadata: the scaling is never guessed
     with pytest.raises(ValueError, match="pass scaling="):
-        merge_checkpoint(base, adapter, out)
+        merge_checkpoint(base, adapter, out, overwrite=True)
     # a lone A
     lone = {k: v for k, v in adapter.items() if k != f"l.q.{B}"}
     with pytest.raises(ValueError, match="l.q has .*mindpet_delta_lora_a.* only"):
-        merge_checkpoint(base, (lone, META), out)
+        merge_checkpoint(base, (lone, META), out, overwrite=True)
     # another rank than the metadata says
     with pytest.raises(ValueError, match="lora_rank=8 but a pair has rank 3"):
-        merge_checkpoint(base, (adapter, {"pet_config": {"lora_rank": 8, "lora_alpha": 16, "target_modules": ".*"}}), out)
+        merge_checkpoint(base, (adapter, {"pet_config": {"lora_rank": 8, "lora_alpha": 16, "target_modules": ".*"}}), out, overwrite=True)
     # another architecture
     small = dict(base, **{"l.k.weight": np.zeros((5, 5), np.float32)})
     with pytest.raises(ValueError, match="fits neither"):
-        merge_checkpoint(small, (adapter, META), out)
+        merge_checkpoint(small, (adapter, META), out, overwrite=True)
     with pytest.raises(ValueError, match="format='safetensors' does not match"):
-        merge_checkpoint(base, (adapter, META), out, format="safetensors")
+        merge_checkpoint(base, (adapter, META), out, format="safetensors", overwrite=True)
     with open(out, "rb") as f:
         assert f.read() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["merged.ckpt"]

@@ -122,7 +122,7 @@ def test_import_refusals(tmp_path, rng, config, message):
     with open(out, "wb") as f:
         f.write(b"old")
     with pytest.raises(ValueError, match=message):
-        import_peft(d, out)
+        import_peft(d, out, overwrite=True)
     with open(out, "rb") as f:
         assert f.read() == b"old"
 

@@ -168,3 +168,59 @@ def test_adapter_params_and_report(caplog):
     assert "trainable params" in caplog.text
     with pytest.raises(KeyError, match="nope"):
         set_trainable_params(net, ["nope"])
+
+
+# ---- trust at the edges ---------------------------------------------------------------------------------
+def test_a_freeze_that_leaves_nothing_trainable_is_refused_and_changes_nothing():
+    net = Encoder()
+    before = _trainable(net)
+    with pytest.raises(ValueError, match="no parameter trainable"):
+        freeze_modules(net, include=["*"])
+    with pytest.raises(ValueError, match="no parameter trainable"):
+        freeze_delta(net, "lora", include=["*mindpet_delta_lora*"])
+    with pytest.raises(ValueError, match="no prefixtuning parameters"):
+        freeze_delta(net, "prefixtuning")
+    assert _trainable(net) == before
+
+
+def test_a_pattern_that_matches_nothing_is_a_warning_naming_it(caplog):
+    net = Encoder()
+    with caplog.at_level(logging.WARNING, logger="mindpet_lite.graph.freeze"):
+        freeze_modules(net, include=["*layernrom*", "embedding*"])
+    assert "'*layernrom*' matches no parameter" in caplog.text
+    assert "embedding*" not in caplog.text
+    assert "embedding.embedding_table" not in _trainable(net)
+
+
+def test_long_pattern_lists_compile_each_glob_once(monkeypatch):
+    """100k globs on a small network: one compiled regex per glob, not one per glob and parameter."""
+    from mindpet_lite.graph import freeze as freeze_module
+    compiled = []
+    real_compile = freeze_module.re.compile
+
+    class CountingRe:
+        @staticmethod
+        def compile(pattern, *args):
+            compiled.append(pattern)
+            return real_compile(pattern, *args)
+
+    monkeypatch.setattr(freeze_module, "re", CountingRe)
+    net = Encoder()
+    patterns = [f"no_such_param_{i}*" for i in range(100_000)] + ["embedding*"]
+    freeze_modules(net, include=patterns + patterns[:10])  # duplicates compile once too
+    assert len(compiled) == len(patterns)
+    assert "embedding.embedding_table" not in _trainable(net)
+
+
+@pytest.mark.parametrize("names", ["abc", b"abc", [1, 2]])
+def test_set_trainable_params_wants_a_collection_of_names(names):
+    net = Encoder()
+    with pytest.raises(TypeError, match="names must be a collection of parameter names"):
+        set_trainable_params(net, names)
+
+
+def test_freeze_config_that_is_not_yaml_names_the_file(tmp_path):
+    path = tmp_path / "freeze.yaml"
+    path.write_text("freeze: {include: [a\n")
+    with pytest.raises(ValueError, match="freeze.yaml: not valid YAML"):
+        freeze_from_config(Encoder(), str(path))

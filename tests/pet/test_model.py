@@ -251,13 +251,14 @@ def test_layer_reachable_at_two_paths_is_refused():
     with pytest.raises(ValueError, match=r"two paths, a\.0 and b\.0"):
         get_pet_model(net, pet(r"[ab]\.0"))
     assert snapshot(net) == state
-    get_pet_model(net, pet(r"[ab]\.0", exclude_layers="b"))
-    assert lora_paths(net) == ["a.0"]
+    with pytest.raises(ValueError, match=r"a\.0 is one layer shared with b\.0"):  # b.0 would miss the adapter
+        get_pet_model(net, pet(r"[ab]\.0", exclude_layers="b"))
+    assert snapshot(net) == state
 
 
 def test_twice_on_the_same_layer_is_refused():
     net = get_pet_model(llama(), pet("wq"))
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.attention\.wq.*already"):
+    with pytest.raises(ValueError, match=r"already holds 2 LoRA layers \(model\.layers\.0\.attention\.wq"):
         get_pet_model(net, pet("wq"))
 
 
@@ -302,3 +303,51 @@ def test_llama2_7b_pet_config_bar():
     for p in net.get_parameters():
         if "mindpet_delta_lora" not in p.name:
             assert np.array_equal(p.asnumpy(), base[p.name]), p.name
+
+
+# ---- trust at the edges ---------------------------------------------------------------------------------
+class _Holder(nn.Cell):
+    def __init__(self, proj):
+        super().__init__()
+        self.proj = proj
+
+    def construct(self, x):
+        return self.proj(x)
+
+
+class _Shared(nn.Cell):
+    """One Dense reachable at two paths (first.proj and second.proj)."""
+
+    def __init__(self):
+        super().__init__()
+        proj = nn.Dense(4, 4)
+        self.first = _Holder(proj)
+        self.second = _Holder(proj)
+
+    def construct(self, x):
+        return self.first.proj(x) + self.second.proj(x)
+
+
+def test_a_layer_shared_at_two_paths_is_refused_when_one_path_is_targeted():
+    net = _Shared()
+    before = snapshot(net)
+    with pytest.raises(ValueError, match="shared with"):
+        get_pet_model(net, pet(target=r"first\.proj"))
+    assert snapshot(net) == before
+
+
+def test_a_second_get_pet_model_is_refused():
+    net = llama()
+    get_pet_model(net, pet(target=".*wq"))
+    before = snapshot(net)
+    with pytest.raises(ValueError, match="already holds 2 LoRA layers"):
+        get_pet_model(net, pet(target=".*wv"))
+    assert snapshot(net) == before and net.pet_config.target_modules == ".*wq"
+
+
+def test_exclude_layers_that_match_nothing_are_a_warning(caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, logger="mindpet_lite.pet.model"):
+        get_pet_model(llama(), pet(exclude_layers=[r"model\.layers\.9\..*", r".*layers\.1\..*"]))
+    assert r"'model\\.layers\\.9\\..*' matches no layer" in caplog.text
+    assert "layers\\.1" not in caplog.text.replace("layers\\.9", "")

@@ -17,7 +17,16 @@ def set_device_calls(monkeypatch):
     """The calls of mindspore.set_device (not made: this machine has no Ascend or GPU)."""
     calls = []
     monkeypatch.setattr(parallel.ms, "set_device", lambda *args: calls.append(args))
+    monkeypatch.setattr(parallel.ms.hal, "is_available", lambda target: True)  # pretend the device is there
     return calls
+
+
+def test_a_device_the_build_lacks_is_refused_naming_it(monkeypatch, no_msrun):
+    calls = []
+    monkeypatch.setattr(parallel.ms, "set_device", lambda *args: calls.append(args))
+    with pytest.raises(ValueError, match="device_target 'Ascend' is not available to this MindSpore build"):
+        parallel.init_parallel("Ascend", use_parallel=False, device_id=0)
+    assert not calls
 
 
 @pytest.fixture

@@ -179,7 +179,9 @@ def test_flags_override_the_yaml():
 
 def test_flag_values_are_validated_like_yaml_keys():
     args, extra = _parse(["--config", TINY_YAML, "--max_steps", "0"])
-    assert load_run_config(args, extra).max_steps is None  # 0: no limit
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):  # 0 is not "no limit": leave it out
+        load_run_config(args, extra)
+    assert load_run_config(*_parse(["--config", TINY_YAML])).max_steps is None
     args, extra = _parse(["--config", TINY_YAML, "--epochs", "-1"])
     with pytest.raises(ValueError, match="epochs"):
         load_run_config(args, extra)

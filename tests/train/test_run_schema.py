@@ -148,8 +148,14 @@ def test_eval_dataset_defaults_differ_from_train():
 
 
 def test_null_means_the_default():
-    data = dict(MINIMAL, seed=None, runner_config={"epochs": None, "max_steps": 0, "gradient_accumulation_steps": 0},
-                context={"device_target": None}, output_dir="")
+    data = dict(MINIMAL, seed=None, runner_config={"epochs": None, "max_steps": None,
+                                                   "gradient_accumulation_steps": None},
+                context={"device_target": None}, output_dir=None)
     cfg = RunConfig.from_dict(data)
     assert (cfg.seed, cfg.epochs, cfg.max_steps, cfg.gradient_accumulation_steps) == (0, 1, None, 1)
     assert cfg.device_target == "CPU" and cfg.output_dir == "./output"
+    for section, key, value in (("runner_config", "max_steps", 0), ("runner_config", "gradient_accumulation_steps", 0),
+                                ("", "output_dir", "")):  # not "unset": refused, naming the key
+        bad = dict(MINIMAL, **({key: value} if not section else {section: {key: value}}))
+        with pytest.raises(ValueError, match=key):
+            RunConfig.from_dict(bad)
