@@ -249,35 +249,19 @@ def split_known_keys(section, mapping, valid, known_ignored=(), strict=False):
 
 
 def load_mapping(path, what):
-    """A JSON (``*.json``, read by ``json``: YAML 1.1 would read ``1e-06`` as a string) or YAML file that
-    must hold a mapping; every error names ``what`` and the path."""
-    if not (isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".json")):
-        return load_yaml_mapping(path, what)
+    """A YAML file (``yaml.safe_load``) or a ``*.json`` one (``json``: YAML 1.1 would read ``1e-06`` as a
+    string) that must hold a mapping; every error names ``what`` and the path."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"{what} must be the path of a YAML or JSON file, got {describe(path)}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
+    is_json = path.lower().endswith(".json")
     with open(path, encoding="utf-8") as f:
         try:
-            data = json.load(f)
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: {what} must be a JSON object, got {describe(data)}")
-    return data
-
-
-def load_yaml_mapping(path, what):
-    """`yaml.safe_load` of a file that must hold a mapping; every error names `what` and the path."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise TypeError(f"{what} must be the path of a YAML file, got {describe(path)}")
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} YAML not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from err
+            data = json.load(f) if is_json else yaml.safe_load(f)
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: not valid {'JSON' if is_json else 'YAML'} ({err})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: {what} must be a mapping, got {describe(data)}")
     return data

@@ -120,7 +120,7 @@ def freeze_from_config(model, config_path):
         raise TypeError(f"config_path must be a string path to a YAML file, got {_checks.describe(config_path)}")
     if not config_path:
         raise ValueError("config_path must be a non-empty path to a YAML file, got ''")
-    content = _checks.load_yaml_mapping(config_path, "freeze config")
+    content = _checks.load_mapping(config_path, "freeze config")
     if "freeze" not in content:
         raise ValueError(f"{config_path}: missing required key 'freeze' (a mapping with include and/or exclude)")
     spec = content["freeze"]

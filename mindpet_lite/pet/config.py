@@ -73,7 +73,7 @@ class LoraConfig:
     def from_yaml(cls, path):
         """From a YAML file holding only the block, a `pet_config:` mapping, or a whole MindFormers
         run YAML (model.model_config.pet_config)."""
-        data = _checks.load_yaml_mapping(path, "pet_config")
+        data = _checks.load_mapping(path, "pet_config")
         if "model" in data:
             block = data
             for key in ("model", "model_config", "pet_config"):

@@ -129,7 +129,7 @@ class RunConfig(_RunSettings):
     @classmethod
     def from_yaml(cls, path, overrides=None):
         """Read a MindFormers run YAML, apply flag `overrides` (see :func:`overrides_from_args`), check."""
-        data = _checks.load_yaml_mapping(path, "run config")
+        data = _checks.load_mapping(path, "run config")
         path = os.fspath(path)
         return cls.from_dict(data, overrides=overrides, source=path)
 
