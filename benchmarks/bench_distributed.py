@@ -56,7 +56,7 @@ def worker(args):
     opt = T.build_optimizer(params, SimpleNamespace(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0), [1e-4] * 1000)
     reducer = None
     if size > 1:
-        reducer = nn.DistributedGradReducer(opt.parameters, mean=True, degree=size, group=GlobalComm.WORLD_COMM_GROUP)
+        reducer = nn.DistributedGradReducer(opt.parameters, mean=False, degree=size, group=GlobalComm.WORLD_COMM_GROUP)
     step = T.TrainStep(net, opt, clip_norm=1.0, reducer=reducer, rank_size=size)
     step.set_train(True)
     per = args.global_batch // size

@@ -153,6 +153,12 @@ def lr_schedule(kind, lr, total, warmup, lr_end=0.0, lr_init=0.0):
     return np.where(t <= warmup, warm, after)
 
 
+def regression_loss(w, b, x, y):
+    """mean((x·Wᵀ + b - y)²)."""
+    r = x @ w.T + b - y
+    return float(np.mean(r * r))
+
+
 def regression_grads(w, b, x, y):
     """Gradients [dW, db] of mean((x·Wᵀ + b - y)²)."""
     r = x @ w.T + b - y

@@ -71,7 +71,8 @@ def summary_line(summary):
 class ProgressLogger:
     """Every ``every`` steps (and at the last step) rank 0 prints step/total, loss, lr, tokens/s, ETA.
 
-    tokens/s counts the input tokens of all workers (global batch x seq_length x accumulation) over
+    The global batch is the rows of one optimizer step: batch_size x workers x accumulation steps.
+    tokens/s counts the input tokens of all workers (global batch x seq_length) over
     the time since the previous line; the ETA uses the mean step time after the first step (which
     includes graph compilation).
     """

@@ -271,7 +271,7 @@ def finetune(run_config):
                f"parameters ({share['percent']:.3f}%)")
 
     trainer = Trainer(net, cfg.optimizer, cfg.lr_schedule, cfg.wrapper, total,
-                      cfg.gradient_accumulation_steps, rank_size)
+                      cfg.gradient_accumulation_steps, rank_size, ignore_index=_ignore_index(cfg))
     if resume is not None:
         meta, adapter_path, state_path = resume
         load_adapter(net, adapter_path)
@@ -286,9 +286,10 @@ def finetune(run_config):
         if consumed:
             train_data = train_data.skip(consumed)
 
+    global_batch = cfg.batch_size * rank_size * cfg.gradient_accumulation_steps  # rows of one optimizer step
     state = TrainState(net=net, pet_config=net.pet_config, rank_id=rank_id, rank_size=rank_size,
-                       global_batch=cfg.batch_size * rank_size, seq_length=cfg.seq_length,
-                       tokens_per_step=cfg.batch_size * rank_size * cfg.seq_length * cfg.gradient_accumulation_steps)
+                       global_batch=global_batch, seq_length=cfg.seq_length,
+                       tokens_per_step=global_batch * cfg.seq_length)
     # with held-out data the PNG is drawn after the final score, with it (below)
     callbacks = [cb.ProgressLogger(cfg.log_every), cb.LossHistory(cfg.output_dir, plot=eval_data is None),
                  cb.AdapterCheckpoint(ckpt_dir, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,

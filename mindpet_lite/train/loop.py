@@ -25,7 +25,7 @@ from mindpet_lite.train.step import TrainStep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainState", "Trainer"]
+__all__ = ["TrainState", "Trainer", "label_tokens"]
 
 _STATE_PREFIXES = ("adam_m.", "adam_v.")
 _OPT_STATE_NAMES = ("global_step",)
@@ -58,6 +58,14 @@ class TrainState:
         return self.elapsed_before + (time.perf_counter() - self.start_time if self.start_time else 0.0)
 
 
+def label_tokens(labels, ignore_index=-100):
+    """The label tokens of a batch that the loss counts: ``labels[:, 1:] != ignore_index`` (a causal LM
+    predicts ``labels[:, 1:]`` from ``input_ids[:, :-1]``, as :class:`~mindpet_lite.models.llama.
+    LlamaForCausalLM` does). ``labels``: an int array or Tensor ``[B, S + 1]``."""
+    values = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
+    return int(np.count_nonzero(values[:, 1:] != ignore_index))
+
+
 class Trainer:
     """Optimizer, step cells and the loop for a LoRA network (only its trainable parameters train).
 
@@ -66,11 +74,15 @@ class Trainer:
         optimizer_config, lr_schedule, wrapper: sections of the RunConfig.
         total_steps: the lr schedule length T (optimizer updates).
         accumulate: gradient_accumulation_steps.
-        rank_size: data-parallel workers (> 1: gradients are all-reduced, mean).
+        rank_size: data-parallel workers (> 1: gradients are all-reduced).
+        ignore_index: the label that marks positions without a loss; the loss of a step is the mean
+            over the label tokens of its whole global batch (see :func:`label_tokens`).
     """
 
-    def __init__(self, net, optimizer_config, lr_schedule, wrapper, total_steps, accumulate=1, rank_size=1):
+    def __init__(self, net, optimizer_config, lr_schedule, wrapper, total_steps, accumulate=1, rank_size=1,
+                 ignore_index=-100):
         self.net = net
+        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
         self.total_steps = _checks.check_positive_int("total_steps", total_steps)
         self.accumulate = _checks.check_positive_int("gradient_accumulation_steps", accumulate)
         self.rank_size = rank_size
@@ -88,7 +100,8 @@ class Trainer:
         clip = wrapper.max_grad_norm if wrapper.use_clip_grad else None
         reducer = None
         if rank_size > 1:
-            reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=rank_size,
+            # each worker's gradients are already weighted by its share of the global label tokens
+            reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=False, degree=rank_size,
                                                 group=GlobalComm.WORLD_COMM_GROUP)
         accu = None
         if self.accumulate > 1:
@@ -136,6 +149,20 @@ class Trainer:
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
 
     # ---- loop ------------------------------------------------------------------------------------------
+    def _one_step(self, batches):
+        """One optimizer step over its micro-batches ``[(input_ids, labels), ...]``; returns the loss of
+        the global batch (mean over all its label tokens, every worker's). The step's label tokens are
+        counted here before the first micro-batch runs: each micro-batch's gradients are weighted by
+        its share of them (the graph all-reduces the count over the workers)."""
+        counts = [label_tokens(labels, self.ignore_index) for _, labels in batches]
+        step_tokens = _token_tensor(sum(counts))
+        shares = []
+        for (input_ids, labels), count in zip(batches[:-1], counts[:-1]):
+            shares.append(self.accu_cell(input_ids, labels, _token_tensor(count), step_tokens))
+        input_ids, labels = batches[-1]
+        shares.append(self.step_cell(input_ids, labels, _token_tensor(counts[-1]), step_tokens))
+        return float(sum(float(x.asnumpy()) for x in shares))
+
     def fit(self, dataset, state, callbacks=(), stop_step=None):
         """Train on ``dataset`` (batches ``(input_ids, labels)``; the micro-batches already consumed by
         ``self.step`` must have been skipped) until ``stop_step`` or the data ends."""
@@ -145,19 +172,16 @@ class Trainer:
         state.start_time = time.perf_counter()
         self.net.set_train(True)
         _call(callbacks, "on_train_begin", state)
-        micro, micro_losses = 0, []
+        pending = []  # the micro-batches of the next optimizer step
         if self.step < stop:
-            for input_ids, labels in dataset.create_tuple_iterator(num_epochs=1, do_copy=False):
-                micro += 1
-                if micro % self.accumulate:
-                    micro_losses.append(self.accu_cell(input_ids, labels))
+            for batch in dataset.create_tuple_iterator(num_epochs=1, do_copy=False):
+                pending.append(batch)
+                if len(pending) < self.accumulate:
                     continue
-                loss = self.step_cell(input_ids, labels)
-                losses = [float(x.asnumpy()) for x in micro_losses] + [float(loss.asnumpy())]
-                micro_losses = []
+                state.loss = self._one_step(pending)
+                pending = []
                 self.step += 1
                 state.step = self.step
-                state.loss = float(np.mean(losses))
                 state.lr = float(self.lr_table[min(self.step, self.total_steps) - 1])
                 if not math.isfinite(state.loss):
                     raise FloatingPointError(f"loss is {state.loss} at step {self.step}: lower the learning rate "
@@ -174,6 +198,10 @@ class Trainer:
         self.elapsed_before = state.elapsed
         _call(callbacks, "on_train_end", state)
         return state
+
+
+def _token_tensor(count):
+    return Tensor(float(count), mstype.float32)
 
 
 def _call(callbacks, hook, state):

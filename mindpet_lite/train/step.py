@@ -2,10 +2,19 @@
 
 :class:`TrainStep` (GRAPH_MODE) takes the loss and gradients of the trainable parameters only, then
 (with ``gradient_accumulation_steps = k > 1``) the sum of k micro-batch gradients kept in
-``accu_grads.*`` parameters, the data-parallel all-reduce (``nn.DistributedGradReducer``, mean over
-the workers), division by the loss scale and by k, an overflow check (with loss scaling), global-norm
-clipping (``runner_wrapper.use_clip_grad``) and the AdamWeightDecay update. The lr comes from the
-optimizer's table (:func:`mindpet_lite.train.schedule.lr_values`).
+``accu_grads.*`` parameters, the data-parallel all-reduce (``nn.DistributedGradReducer``, a sum over
+the workers), division by the loss scale, an overflow check (with loss scaling), global-norm clipping
+(``runner_wrapper.use_clip_grad``) and the AdamWeightDecay update. The lr comes from the optimizer's
+table (:func:`mindpet_lite.train.schedule.lr_values`).
+
+One global batch, one loss: the network returns the mean loss over its own micro-batch's label tokens
+(``n`` of them). The loss of an optimizer step is the mean over all the label tokens of its global
+batch (``N``: every micro-batch of every worker), so each micro-batch counts with weight ``n / N``:
+its loss and its gradients are multiplied by that weight (through the backward's sensitivity) and then
+summed over micro-batches and workers. ``N`` is this worker's count for the whole step (counted on the
+host before the step's first micro-batch runs), all-reduced over the workers in the graph. When rows
+carry different numbers of label tokens this is what makes 2 workers x B, 1 worker x 2B and
+accumulation 2 x B the same update (a mean of per-micro-batch means is not).
 """
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
@@ -64,19 +73,29 @@ class TrainStep(nn.Cell):
     pass cost the full fine-tune step 1.2x and 1.4 GB of peak memory on the benchmarks' larger model.)
 
     Args:
-        network: a cell whose ``network(input_ids, labels)`` returns the scalar float32 loss.
+        network: a cell whose ``network(input_ids, labels)`` returns the scalar float32 loss, the mean
+            over the micro-batch's label tokens.
         optimizer: the optimizer over the trainable parameters.
         accumulators: ParameterTuple like ``optimizer.parameters`` (needed when ``accumulate > 1``).
-        accumulate: k micro-batches per update; the applied gradient is their mean.
+        accumulate: k micro-batches per update; the applied gradient is their token-weighted sum.
         apply: False: add this micro-batch's gradients to the accumulators and return the loss.
         scale_sense: Parameter holding the loss scale (1.0: no scaling).
         loss_scale_cell: ``nn.DynamicLossScaleUpdateCell`` for dynamic scaling, or None.
         check_overflow: skip the update when a gradient is not finite (with loss scaling).
         clip_norm: global-norm clipping threshold, or None.
-        reducer: ``nn.DistributedGradReducer`` under data parallel, or None.
-        rank_size: workers (the returned loss is their mean).
+        reducer: ``nn.DistributedGradReducer(..., mean=False)`` under data parallel (the gradients are
+            already weighted by ``n / N``: the workers' shares are summed), or None.
+        rank_size: workers (the returned loss is summed over them).
 
-    Inputs: ``input_ids``, ``labels`` (int32 ``[B, seq_length + 1]``). Output: the float32 loss.
+    Inputs:
+        - **input_ids**, **labels** (int32 ``[B, seq_length + 1]``).
+        - **tokens** (float32 0-d Tensor, optional) - label tokens of this micro-batch (``n``).
+        - **step_tokens** (float32 0-d Tensor, optional) - label tokens of this worker's micro-batches
+          of the whole optimizer step; summed over the workers it is ``N``.
+        Without them every micro-batch of every worker weighs the same (``n = 1``, ``N = k x workers``).
+
+    Output: the float32 loss times ``n / N``, summed over the workers: the micro-batch's share of the
+    global batch's per-token mean loss (the shares of the step's micro-batches add up to it).
     """
 
     def __init__(self, network, optimizer, accumulators=None, accumulate=1, apply=True, scale_sense=None,
@@ -104,28 +123,37 @@ class TrainStep(nn.Cell):
         self.clip_norm = float(clip_norm) if clip_norm is not None else 1.0
         # a static loss scale is fixed at build time (resume restores the same value), so whether the
         # gradients need dividing at all is a graph constant
-        self.unscale = self.dynamic or self.accumulate > 1 or float(self.scale_sense.asnumpy()) != 1.0
+        self.unscale = self.dynamic or float(self.scale_sense.asnumpy()) != 1.0
         self.reducer = reducer
         self.reduce = reducer is not None
         self.rank_size = int(rank_size)
         self.reduce_loss = self.rank_size > 1
         if self.reduce_loss:
             self.allreduce = ops.AllReduce()
+        self.default_step_tokens = Tensor(float(self.accumulate), mstype.float32)
 
     def _grad_factor(self, grads):
         """0-d float32 factor that unscales and clips the (summed, scaled) gradients in one multiply."""
-        inv = 1.0 / (ops.cast(self.scale_sense, mstype.float32) * self.accumulate)
+        inv = 1.0 / ops.cast(self.scale_sense, mstype.float32)
         if not self.clip:
             return inv
         norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) * inv
         return inv * (self.clip_norm / ops.maximum(norm, self.clip_norm))
 
-    def construct(self, input_ids, labels):
-        loss = self.network(input_ids, labels)
-        sens = ops.cast(self.scale_sense, mstype.float32) * ops.ones_like(loss)
-        grads = self.grad(self.network, self.weights)(input_ids, labels, sens)
+    def construct(self, input_ids, labels, tokens=None, step_tokens=None):
+        if tokens is None:
+            tokens = ops.ones((), mstype.float32)
+            step_tokens = self.default_step_tokens
+        total = ops.cast(step_tokens, mstype.float32)
         if self.reduce_loss:
-            loss = self.allreduce(loss) / self.rank_size
+            total = self.allreduce(total)
+        weight = ops.cast(tokens, mstype.float32) / ops.maximum(total, 1.0)  # n / N (0 when N is 0)
+        loss = self.network(input_ids, labels)
+        sens = ops.cast(self.scale_sense, mstype.float32) * weight * ops.ones_like(loss)
+        grads = self.grad(self.network, self.weights)(input_ids, labels, sens)
+        loss = loss * weight
+        if self.reduce_loss:
+            loss = self.allreduce(loss)
         if not self.apply:
             return ops.depend(loss, self.hyper_map(_accu_add, self.accu, grads))
         if self.accumulate > 1:

@@ -1,8 +1,8 @@
 """The runner under msrun (scripts/msrun_launcher.sh, 2 CPU workers, MindSpore's own collectives).
 
 * data parallel: both ranks end with identical adapters, equal (<= 1e-5) to one process over the
-  same global batch (2 workers x batch 2 vs 1 process x batch 4; every row of the tiny data has the
-  same number of label tokens, so the mean of the per-rank mean losses is the global mean);
+  same global batch (2 workers x batch 2 vs 1 process x batch 4), on rows with 2 to 5 label tokens
+  (the loss of a step is the mean over the global batch's tokens, not a mean of per-worker means);
 * a worker that raises during training: the job exits non-zero within 60 s and names its log.
 
 Everything runs from tmp_path (never with cwd in the repository).
@@ -54,8 +54,8 @@ def _adapter(path):
     return read_checkpoint(path)[0]
 
 
-def test_two_workers_equal_one_process(tiny_assets, tmp_path):
-    base, train, _ = tiny_assets
+def test_two_workers_equal_one_process(tiny_uneven, tmp_path):
+    base, train = tiny_uneven
     single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
     proc, t1 = _launch(_run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -75,6 +75,10 @@ def test_two_workers_equal_one_process(tiny_assets, tmp_path):
     assert max(float(np.abs(one[k] - two[k]).max()) for k in one) <= 1e-5
     with open(os.path.join(dist, "summary.json"), encoding="utf-8") as f:
         assert json.load(f)["rank_size"] == 2
+    with open(os.path.join(single, "summary.json"), encoding="utf-8") as f:
+        final_loss = json.load(f)["final_loss"]
+    assert abs(ranks[0]["final_loss"] - final_loss) <= 1e-5 * abs(final_loss)  # the global per-token mean
+    assert ranks[1]["final_loss"] == ranks[0]["final_loss"]
     worker1 = (tmp_path / "logs" / "worker_1.log").read_text()
     assert "step 3/8" not in worker1  # only rank 0 prints progress
     assert not os.path.exists(os.path.join(dist, "checkpoint", "rank_1"))

@@ -116,15 +116,21 @@ def test_resume_equals_uninterrupted_run(tiny_assets, tmp_path, capsys):
     np.testing.assert_allclose([float(r["lr"]) for r in a], [float(r["lr"]) for r in b], rtol=1e-6)
 
 
-def test_gradient_accumulation_equals_the_larger_batch(tiny_assets, tmp_path):
-    """k=2 micro-batches of 2 == one batch of 4 (every row has the same number of label tokens); the
-    accumulating run also recomputes its decoder layers (recompute_config), which must not change it."""
-    base, train, _ = tiny_assets
+def test_gradient_accumulation_equals_the_larger_batch(tiny_uneven, tmp_path, capsys):
+    """k=2 micro-batches of 2 == one batch of 4, on rows with 2 to 5 label tokens (the loss of a step is
+    the mean over its global batch's tokens, not a mean of micro-batch means): same adapter, same logged
+    loss; the progress line counts the accumulation in the global batch. The accumulating run also
+    recomputes its decoder layers (recompute_config), which must not change it."""
+    base, train = tiny_uneven
     one, acc = str(tmp_path / "one"), str(tmp_path / "acc")
-    assert main(tiny.flags(base, train, one, "--max_steps", "2", "--batch_size", "4")) == 0
-    assert main(tiny.flags(base, train, acc, "--max_steps", "2", "--batch_size", "2",
+    assert main(tiny.flags(base, train, one, "--max_steps", "3", "--batch_size", "4")) == 0
+    capsys.readouterr()
+    assert main(tiny.flags(base, train, acc, "--max_steps", "3", "--batch_size", "2",
                            "--gradient_accumulation_steps", "2", "--recompute_config.recompute", "True")) == 0
+    assert "global batch 4 x 15 tokens" in capsys.readouterr().out
     assert _max_diff(_adapter(os.path.join(one, "adapter.ckpt")), _adapter(os.path.join(acc, "adapter.ckpt"))) <= 1e-5
+    losses = [[float(r["loss"]) for r in _csv(os.path.join(out, "loss.csv"))] for out in (one, acc)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 @pytest.mark.parametrize("changes, words", [

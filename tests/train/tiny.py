@@ -1,7 +1,8 @@
 """Builders of the tiny run the train tests share: data, a base checkpoint, the flags.
 
-Every row of the tiny data has the same number of label tokens (a 4-letter answer + eos), so the
-per-row-mean gradients of a data-parallel run and of one process over the same global batch agree.
+Every row of the default tiny data has the same number of label tokens (a 4-letter answer + eos);
+``make_data(..., uneven=True)`` makes answers of 1 to 4 letters (2 to 5 label tokens a row), the case
+where a mean of per-worker / per-micro-batch means is not the global batch's loss.
 """
 import json
 import os
@@ -14,8 +15,9 @@ TEMPLATE = {"prompt_input": "{instruction} {input} =", "prompt_no_input": "{inst
 MODEL = dict(seq_length=15, hidden_size=32, num_layers=2, num_heads=4, vocab_size=260, intermediate_size=64)
 
 
-def make_data(folder, rows=32, seed=0, name="train"):
-    """A MindRecord of `rows` 'rev abcd =dcba' examples (16 tokens a row: seq_length 15)."""
+def make_data(folder, rows=32, seed=0, name="train", uneven=False):
+    """A MindRecord of `rows` 'rev abcd =dcba' examples (16 tokens a row: seq_length 15); with
+    `uneven`, words of 1 to 4 letters (padded rows, label counts 2 to 5)."""
     from mindpet_lite.data import convert_alpaca
 
     os.makedirs(folder, exist_ok=True)
@@ -23,7 +25,7 @@ def make_data(folder, rows=32, seed=0, name="train"):
     letters = list("abcdefghijklmnop")
     records = []
     for _ in range(rows):
-        word = "".join(rng.choice(letters, 4))
+        word = "".join(rng.choice(letters, int(rng.integers(1, 5)) if uneven else 4))
         records.append({"instruction": "rev", "input": word, "output": word[::-1]})
     src = os.path.join(folder, f"{name}.json")
     with open(src, "w", encoding="utf-8") as f:
