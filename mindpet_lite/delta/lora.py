@@ -20,6 +20,7 @@ import math
 import numbers
 
 import numpy as np
+import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import HeUniform, Initializer, initializer
@@ -148,6 +149,17 @@ def invalidate_compiled_graphs(cell):
     the parents of a cell are not known to it. MindSpore keys its graph cache on a global hook
     version, which adding and removing a hook bumps: that is the one switch that reaches them."""
     cell.register_forward_pre_hook(_no_hook).remove()
+
+
+_UNSHARDED_MODES = ("stand_alone", "data_parallel")
+
+
+@ops.constexpr
+def _operators_sharded():
+    """True when MindSpore's auto-parallel context is set to a mode that splits operators by their
+    ``shard()`` strategies (semi-auto, auto, hybrid parallel). Read when the graph is compiled (a
+    constant of the graph; ``ms.get_auto_parallel_context`` cannot run inside ``construct``)."""
+    return ms.get_auto_parallel_context("parallel_mode") not in _UNSHARDED_MODES
 
 
 def _fold_pays(rows, in_channels, out_channels):
@@ -327,7 +339,11 @@ class LoRADense(nn.Dense):
         return param
 
     def _use_fold(self, x_shape):
-        """Folded form for float32 compute, no dropout and enough rows (static shapes only)."""
+        """Folded form for float32 compute, no dropout and enough rows (static shapes only). Never under
+        semi-auto / auto / hybrid parallel: the folded cell's matmuls carry no ``shard()`` strategies,
+        the branch's operators do (:meth:`shard`), and a fold would bypass them."""
+        if _operators_sharded():
+            return False
         if self._fold_mode is not None:
             return self._fold_mode and self.lora_dropout is None
         if self.lora_dropout is not None or self.dtype != mstype.float32:

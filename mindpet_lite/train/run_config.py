@@ -16,11 +16,12 @@ Command-line flags (run_mindformer.py's names, built from the tables by :func:`a
 ``RunConfig.from_yaml(path, overrides)`` applies them to the raw mapping before anything is checked,
 so a flag is validated exactly like the YAML key it replaces.
 
-What the parallel keys mean on this backend: training is always data parallel (DATA_PARALLEL with
-``gradients_mean=True``: each worker's loss is the mean over its own batch). ``parallel.parallel_mode``
+What the parallel keys mean on this backend: training is always data parallel (DATA_PARALLEL; the
+loss of a step is the mean over the label tokens of the whole global batch, see train/step.py). ``parallel.parallel_mode``
 0 or 1 is accepted (semi-auto with ``model_parallel = pipeline_stage = 1`` is data parallel);
 ``model_parallel`` / ``pipeline_stage`` / ``context_parallel`` / ``expert_parallel`` other than 1 are
-errors under ``use_parallel``; ``parallel_config.data_parallel`` must equal the number of msrun workers.
+errors under ``use_parallel`` (on CPU because MindSpore's semi-auto parallel does not run there, on
+Ascend because this runner does not set it up: the message says which); ``parallel_config.data_parallel`` must equal the number of msrun workers.
 ``auto_trans_ckpt`` is accepted: a data-parallel checkpoint needs no resharding, and a directory of
 ``rank_*`` checkpoints loads only when rank_0's file holds the whole model (otherwise a clear error).
 ``runner_config.batch_size`` is per worker and wins over ``train_dataset.batch_size`` (as in MindFormers);
@@ -56,6 +57,12 @@ from mindpet_lite.pet.config import LoraConfig
 from mindpet_lite.train import run_schema as schema
 
 logger = logging.getLogger(__name__)
+
+# measured on MindSpore 2.9.0 (CPU, under msrun after communication.init(), and without it) when a graph
+# with a shard() strategy compiles under parallel_mode semi_auto_parallel
+_SEMI_AUTO_ON_CPU = ("MindSpore 2.9 raises \"RuntimeError: Invalid communication backend: CPU for "
+                     "semi_auto_parallel/auto_parallel mode, currently only support Ascend/GPU backend.\" "
+                     "when it compiles such a graph")
 
 __all__ = ["RunConfig", "OptimizerConfig", "LrScheduleConfig", "DatasetConfig", "WrapperConfig",
            "add_run_arguments", "overrides_from_args", "load_run_config", "parse_extra_overrides",
@@ -289,9 +296,18 @@ class _Parser:
         if not self.cfg.use_parallel:
             return
         for key in ("model_parallel", "pipeline_stage", "context_parallel", "expert_parallel"):
-            if parallel_config[key] != 1:
-                raise ValueError(f"parallel_config.{key} must be 1: this runner trains data parallel only "
-                                 f"(every worker holds the whole model), got {parallel_config[key]}")
+            value = parallel_config[key]
+            if value == 1:
+                continue
+            if self.cfg.device_target == "CPU" and key in ("model_parallel", "pipeline_stage"):
+                raise ValueError(f"parallel_config.{key} must be 1 with device_target CPU, got {value}: model and "
+                                 f"pipeline parallel need MindSpore's semi-auto parallel, which the CPU backend does "
+                                 f"not run ({_SEMI_AUTO_ON_CPU}); train data parallel (parallel_config.data_parallel "
+                                 "= the number of workers) or on Ascend")
+            raise ValueError(f"parallel_config.{key} must be 1, got {value}: this runner trains data parallel only "
+                             "(it sets DATA_PARALLEL and every worker holds the whole model; it does not set up "
+                             "semi-auto parallel nor split the model across devices); for model / pipeline "
+                             "parallel on Ascend run the same YAML with MindFormers' run_mindformer.py")
 
     def _model(self, data):
         cfg = self.cfg

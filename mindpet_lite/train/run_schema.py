@@ -288,7 +288,8 @@ def dataset_sections(name, train):
 TRAIN_DATASET, TRAIN_LOADER = dataset_sections("train_dataset", train=True)
 EVAL_DATASET, EVAL_LOADER = dataset_sections("eval_dataset", train=False)
 
-_MUST_BE_1 = "must be 1 under use_parallel: this runner trains data parallel only"
+_MUST_BE_1 = ("must be 1 under use_parallel: this runner trains data parallel only (and on CPU MindSpore's "
+              "semi-auto parallel does not run)")
 PARALLEL = Section("parallel", keys=(
     Key("parallel_mode", "choice", 0, "accepted: 0 and 1 (semi-auto with model_parallel = pipeline_stage = 1) "
         "are data parallel here", choices=(0, 1, 2, 3), note="(0 data, 1 semi-auto, 2 auto, 3 hybrid)"),

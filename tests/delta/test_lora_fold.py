@@ -161,3 +161,32 @@ def test_merge_unmerge_on_the_folded_path(mode):
     layer.unmerge()
     np.testing.assert_allclose(layer(x).asnumpy(), before, rtol=0, atol=1e-5)
     assert counts() == {"fold": 2, "branch": 0}
+
+
+@pytest.mark.parametrize("parallel_mode, fold", [
+    ("semi_auto_parallel", False), ("auto_parallel", False), ("hybrid_parallel", False),
+    ("data_parallel", True), ("stand_alone", True)])
+def test_operator_parallel_takes_the_branch(parallel_mode, fold):
+    """Under semi-auto / auto / hybrid parallel the layer runs the branch, whose operators carry its
+    shard() strategies, even where the fold would pay (64 float32 rows, also when _fold_mode forces it).
+
+    PYNATIVE_MODE: on CPU a GRAPH_MODE compile under semi-auto parallel fails ("Invalid communication
+    backend: CPU for semi_auto_parallel/auto_parallel mode", MindSpore 2.9), while the choice, read from
+    the auto-parallel context, is the same in both modes."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_auto_parallel_context(parallel_mode=parallel_mode)
+    try:
+        for forced in (None, True):
+            layer = _layer()
+            layer._fold_mode = forced  # pylint: disable=protected-access
+            assert layer._use_fold((64, 12)) == fold  # pylint: disable=protected-access
+            counts = _spy(layer)
+            x = _rand(64, 12, seed=7)
+            w, b, a, bm = _arrays(layer)
+            np.testing.assert_allclose(layer(Tensor(x)).asnumpy(),
+                                       ref.lora_forward(x, w, b, a, bm, ref.lora_scaling(8, 4)), rtol=1e-5, atol=2e-5)
+            assert counts() == ({"fold": 1, "branch": 0} if fold else {"fold": 0, "branch": 1})
+    finally:
+        ms.reset_auto_parallel_context()
+        ms.set_context(mode=ms.GRAPH_MODE)
+    assert _layer()._use_fold((64, 12))  # pylint: disable=protected-access
