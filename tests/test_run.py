@@ -100,3 +100,23 @@ def test_demo_base_checkpoint_fits_the_demo_config():
     assert info["loaded"] == len(list(net.get_parameters())) and not info["unexpected"]
     get_pet_model(net, cfg.pet_config)
     assert 0 < net.pet_summary["percent"] < 2.0
+
+
+def test_run_finetune_script_several_machines(tmp_path):
+    """The multi-node form hands LOCAL_WORKER MASTER_ADDR MASTER_PORT NODE_RANK to the launcher's
+    9-argument form (dry run); a short form and a NODE_RANK beyond the nodes are refused (exit 2)."""
+    script = os.path.join(REPO, "scripts", "run_finetune.sh")
+    env = dict(_env(), MSRUN_LAUNCHER_DRY_RUN="1")
+    proc = subprocess.run(["bash", script, tiny.TINY_YAML, "16", "8", "10.0.0.1", "9123", "1", "--max_steps", "3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[:9] == ["msrun", "--worker_num=16", "--local_worker_num=8", "--master_addr=10.0.0.1",
+                         "--master_port=9123", "--node_rank=1", "--log_dir=output/msrun_log", "--join=True",
+                         "--cluster_time_out=7200"]
+    assert words[-4:] == ["--parallel_config.data_parallel", "16", "--max_steps", "3"]
+    for args, message in (([tiny.TINY_YAML, "16", "8", "10.0.0.1", "--max_steps", "3"], "several machines take"),
+                          ([tiny.TINY_YAML, "16", "8", "10.0.0.1", "9123", "2"], "NODE_RANK must be in [0, 2)")):
+        proc = subprocess.run(["bash", script, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

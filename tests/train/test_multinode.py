@@ -1,0 +1,137 @@
+"""Two msrun "nodes" on one machine (2 nodes x 1 CPU worker) through scripts/msrun_launcher.sh's
+9-argument form, each node in a network namespace of its own.
+
+Why namespaces: msrun starts a scheduler on every node whose MASTER_ADDR is one of its local addresses.
+Two launchers on one network stack with MASTER_ADDR 127.0.0.1 both start one (the second cannot bind
+the port and the job stops, or they race); giving node 1 another loopback address (127.0.0.2, not
+"local" to msrun) left the job hanging until its timeout. A namespace per node, joined by a veth pair,
+gives each node its own address (10.231.x.1 and .2) and its own ports: node 0's MASTER_ADDR is local
+there and remote for node 1, exactly as on two machines. The test creates both namespaces and removes
+them (with the veth pair) afterwards; it is skipped when they cannot be created (not root, no iproute2).
+
+* data parallel across the nodes on rows with 2 to 5 label tokens: every rank ends with the same
+  adapter, equal (<= 1e-5) to one process over the same global batch;
+* node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log.
+"""
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests.train import test_distributed as dist
+
+ADDR = "10.231.{}.{}"
+
+
+def _ip(*args):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def two_nodes():
+    """[(namespace, address)] for node 0 and node 1, joined by a veth pair; removed afterwards."""
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (`ip`) is not installed: cannot create network namespaces")
+    if os.geteuid() != 0:
+        pytest.skip("creating network namespaces needs root (ip netns add)")
+    tag = os.getpid() % 10000
+    subnet = os.getpid() % 250 + 2
+    names = [f"mpl{tag}n{i}" for i in (0, 1)]
+    veths = [f"mpl{tag}v{i}" for i in (0, 1)]
+    nodes = [(names[i], ADDR.format(subnet, i + 1)) for i in (0, 1)]
+    made = []
+    try:
+        for name in names:
+            proc = _ip("netns", "add", name)
+            if proc.returncode:
+                pytest.skip(f"cannot create a network namespace: {proc.stderr.strip()}")
+            made.append(name)
+        steps = [("link", "add", veths[0], "type", "veth", "peer", "name", veths[1])]
+        for i in (0, 1):
+            steps += [("link", "set", veths[i], "netns", names[i]),
+                      ("-n", names[i], "addr", "add", nodes[i][1] + "/24", "dev", veths[i]),
+                      ("-n", names[i], "link", "set", "lo", "up"),
+                      ("-n", names[i], "link", "set", veths[i], "up")]
+        for step in steps:
+            proc = _ip(*step)
+            assert proc.returncode == 0, f"ip {' '.join(step)}: {proc.stderr}"
+        yield nodes
+    finally:
+        for name in made:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            _ip("netns", "del", name)
+
+
+def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):
+    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, "2", "1", master, "8118",
+            str(node_rank), str(logs), "True", str(timeout_s)]
+    return subprocess.Popen(args, cwd=cwd, env=dist._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _run_nodes(nodes, cmd, tmp_path, timeout=240):
+    """Both launchers at once; [(returncode, stdout, stderr, seconds)] of node 0 and node 1."""
+    master = nodes[0][1]
+    start = time.monotonic()
+    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path)
+             for rank, (ns, _) in enumerate(nodes)]
+    results = [None, None]
+    try:
+        while any(r is None for r in results):
+            for i, proc in enumerate(procs):
+                if results[i] is None and proc.poll() is not None:
+                    out, err = proc.communicate()
+                    results[i] = (proc.returncode, out, err, time.monotonic() - start)
+            assert time.monotonic() - start < timeout, "the launchers did not finish"
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
+
+
+def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path):
+    base, train = tiny_uneven
+    single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
+    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)  # pylint: disable=protected-access
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
+                        "--parallel_config.data_parallel", "2")
+    results = _run_nodes(two_nodes, cmd, tmp_path)
+    for rank, (code, out, err, took) in enumerate(results):
+        assert code == 0, f"node {rank}: {out[-2000:]}{err[-2000:]}"
+        print(f"node {rank}: {took:.1f} s")
+    assert (tmp_path / "logs0" / "scheduler.log").exists()  # the scheduler runs on node 0 only
+    assert not (tmp_path / "logs1" / "scheduler.log").exists()
+    assert (tmp_path / "logs1" / "worker_1.log").exists()
+
+    ranks = []
+    for r in (0, 1):
+        with open(os.path.join(multi, "ranks", f"rank_{r}.json"), encoding="utf-8") as f:
+            ranks.append(json.load(f))
+    assert [x["rank_size"] for x in ranks] == [2, 2] and [x["steps"] for x in ranks] == [3, 3]
+    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]  # the same adapter on every rank
+    one = dist._adapter(os.path.join(single, "adapter.ckpt"))  # pylint: disable=protected-access
+    two = dist._adapter(os.path.join(multi, "adapter.ckpt"))  # pylint: disable=protected-access
+    assert sorted(one) == sorted(two)
+    assert max(float(np.abs(one[k] - two[k]).max()) for k in one) <= 1e-5
+
+
+def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path):
+    base, train, _ = tiny_assets
+    script = tmp_path / "failing_run.py"
+    script.write_text(dist.FAILING)
+    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
+                        "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
+    results = _run_nodes(two_nodes, cmd, tmp_path)
+    print("node 0: %.1f s, node 1: %.1f s" % (results[0][3], results[1][3]))
+    assert results[0][0] != 0 and results[1][0] != 0
+    assert f"{tmp_path}/logs1/worker_1.log" in results[1][2]
+    assert "on purpose" in (tmp_path / "logs1" / "worker_1.log").read_text()
+    assert max(r[3] for r in results) < 90, [r[3] for r in results]
