@@ -24,6 +24,10 @@
 #   worker has failed, stops the scheduler so msrun returns at once; when the scheduler dies while
 #   workers still wait for it (e.g. MASTER_PORT taken), it stops the workers. It then prints the
 #   failing worker's log (LOG_DIR/worker_N.log) and exits non-zero.
+# - Several nodes: when the cluster does not form within CLUSTER_TIME_OUT, node 0's launcher names the
+#   NODE_RANK(s) whose workers never registered, another node's says it did not reach MASTER_ADDR.
+#   A worker failing on another node reaches this node through MindSpore's collectives: the peers'
+#   next AllReduce gives up after about 30 s (CPU, MindSpore 2.9), then the job stops as above.
 #
 # Environment:
 #   MSRUN_LAUNCHER_DRY_RUN=1   print the command that would run and exit 0.
@@ -325,6 +329,27 @@ fi
 [ "$RC" -eq 0 ] && RC=1
 echo "" >&2
 echo "msrun_launcher.sh: the distributed job failed (exit code $RC)." >&2
+# A node that never came up: the scheduler (node 0) gave up building the cluster after CLUSTER_TIME_OUT.
+# Ranks are NODE_RANK x LOCAL_WORKER + local index, so the ranks that never registered name their node.
+SCHED_LOG="$LOG_DIR/scheduler.log"
+if [ -f "$SCHED_LOG" ] && grep -q "Topology build timed out" "$SCHED_LOG"; then
+  JOINED=" $(grep -oE 'The new node: [0-9]+\(role: MS_WORKER\), rank id: [0-9]+' "$SCHED_LOG" \
+    | grep -oE '[0-9]+$' | sort -un | tr '\n' ' ')"
+  MISSING=()
+  for ((n = 0; n < NODES; n++)); do
+    for ((r = n * LOCAL_WORKER; r < (n + 1) * LOCAL_WORKER; r++)); do
+      [[ $JOINED == *" $r "* ]] || { MISSING+=("$n"); break; }
+    done
+  done
+  if [ ${#MISSING[@]} -gt 0 ]; then
+    echo "msrun_launcher.sh: the cluster did not form within CLUSTER_TIME_OUT ($CLUSTER_TIME_OUT s): \
+missing node(s) with NODE_RANK ${MISSING[*]} (their workers never reached the scheduler at \
+$MASTER_ADDR:$MASTER_PORT; was the launcher started there?)" >&2
+  fi
+elif [ ! -f "$SCHED_LOG" ] && grep -qs "Failed to connect to the meta server" "$LOG_DIR"/worker_*.log; then
+  echo "msrun_launcher.sh: this node's workers did not reach the scheduler at $MASTER_ADDR:$MASTER_PORT \
+(node 0) within CLUSTER_TIME_OUT ($CLUSTER_TIME_OUT s): is node 0 started, and MASTER_ADDR reachable from here?" >&2
+fi
 if [ ${#FAILED_LOGS[@]} -gt 0 ]; then
   for f in "${FAILED_LOGS[@]}"; do echo "msrun_launcher.sh: failing $KIND log: $f" >&2; done
 else

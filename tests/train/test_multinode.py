@@ -11,7 +11,9 @@ them (with the veth pair) afterwards; it is skipped when they cannot be created 
 
 * data parallel across the nodes on rows with 2 to 5 label tokens: every rank ends with the same
   adapter, equal (<= 1e-5) to one process over the same global batch;
-* node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log.
+* node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log;
+* node 1 never comes up: node 0's launcher exits non-zero after CLUSTER_TIME_OUT (20 s here) and says
+  that the node with NODE_RANK 1 is missing.
 """
 import json
 import os
@@ -66,7 +68,7 @@ def two_nodes():
             _ip("netns", "del", name)
 
 
-def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):
+def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):  # pylint: disable=too-many-arguments
     args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, "2", "1", master, "8118",
             str(node_rank), str(logs), "True", str(timeout_s)]
     return subprocess.Popen(args, cwd=cwd, env=dist._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
@@ -135,3 +137,17 @@ def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path):
     assert f"{tmp_path}/logs1/worker_1.log" in results[1][2]
     assert "on purpose" in (tmp_path / "logs1" / "worker_1.log").read_text()
     assert max(r[3] for r in results) < 90, [r[3] for r in results]
+
+
+def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
+    base, train, _ = tiny_assets
+    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
+                        "--parallel_config.data_parallel", "2")
+    start = time.monotonic()
+    proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path, timeout_s=20)
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - start
+    print(f"node 0 alone: {took:.1f} s")
+    assert proc.returncode != 0, out[-2000:]
+    assert "missing node(s) with NODE_RANK 1" in err, err[-3000:]
+    assert 20 <= took < 90
