@@ -293,8 +293,8 @@ _MUST_BE_1 = ("must be 1 under use_parallel: this runner trains data parallel on
 PARALLEL = Section("parallel", keys=(
     Key("parallel_mode", "choice", 0, "accepted: 0 and 1 (semi-auto with model_parallel = pipeline_stage = 1) "
         "are data parallel here", choices=(0, 1, 2, 3), note="(0 data, 1 semi-auto, 2 auto, 3 hybrid)"),
-    Key("gradients_mean", "bool", None, "checked only: gradients are always averaged over the workers",
-        field=False),
+    Key("gradients_mean", "bool", None, "checked only: the loss (and gradient) of a step is always the mean "
+        "over the global batch's label tokens", field=False),
     Key("full_batch", "bool", None, "checked only: each worker reads its own shard", field=False),
 ), ignored=("enable_alltoall", "search_mode", "enable_parallel_optimizer", "strategy_ckpt_config",
             "parallel_optimizer_config", "strategy_ckpt_save_file", "strategy_ckpt_load_file", "pipeline_config",
