@@ -24,7 +24,7 @@ _DTYPE_KEYS = ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"
 _KNOWN_MINDFORMERS_KEYS = frozenset({
     "type", "model_type", "architectures", "auto_register", "name_or_path",
     "bos_token_id", "eos_token_id", "embedding_init_type", "qkv_has_bias", "qkv_concat",
-    "parallel_config", "moe_config", "use_past", "use_past_shard", "extend_method", "scaling_factor",
+    "parallel_config", "moe_config", "use_past_shard", "extend_method", "scaling_factor",
     "rope_scaling", "is_dynamic", "use_rope_slice", "use_flash_attention", "use_ring_attention",
     "use_attn_mask_compression", "use_eod_attn_mask_compression", "use_paged_attention",
     "parallel_optimizer", "fine_grain_interleave", "pp_interleave_num", "offset",
@@ -61,6 +61,7 @@ class LlamaConfig:
     ``intermediate_size=None`` derives the SwiGLU width from ``multiple_of`` and
     ``ffn_dim_multiplier`` (see ``ffn_hidden_size``); ``n_kv_heads=None`` means ``num_heads``.
     ``max_position_embedding`` (default ``seq_length``) sizes the rotary tables.
+    ``use_past`` (MindFormers' key) makes ``models.generation.generate`` decode with a KV cache.
     """
 
     hidden_size: int = 4096
@@ -85,6 +86,7 @@ class LlamaConfig:
     ignore_token_id: int = -100
     batch_size: Optional[int] = 1
     initializer_range: float = 0.02
+    use_past: bool = False
     ignored_keys: list = dataclasses.field(default_factory=list, compare=False)
 
     def __post_init__(self):
@@ -101,6 +103,7 @@ class LlamaConfig:
         for key in _DTYPE_KEYS:
             setattr(self, key, c.to_float_dtype(key, getattr(self, key)))
         c.check_bool("tie_word_embeddings", self.tie_word_embeddings)
+        self.use_past = c.to_bool("use_past", self.use_past)
         if self.pad_token_id is not None:
             c.check_int("pad_token_id", self.pad_token_id)
         c.check_int("ignore_token_id", self.ignore_token_id)
