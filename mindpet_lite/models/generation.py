@@ -17,7 +17,7 @@ Layout choices (for speed on the CPU this package targets, and for exactness):
   prefill and shifted rotary positions (or exactness lost to them); with right padding the decode's
   mask is one comparison of the cache rows with the positions.
 * **Static-shape cache, as graph inputs and outputs.** One tuple ``(k0, v0, k1, v1, ...)`` of
-  ``[B, n_kv_heads, P + max_new_tokens, head_dim]``, allocated once a call. Keys and values are stored
+  ``[B, n_kv_heads, L, head_dim]`` (``L`` the longest prompt + its new tokens), allocated once a call. Keys and values are stored
   per KV head (grouped-query heads are never repeated in the cache) with the sequence axis before
   ``head_dim``, so a decode step is two batched matmuls over contiguous rows. The prefill graph sees
   ``[B, P]``, the decode graph ``[B, 1]``: both shapes are fixed for the whole call, so each compiles
@@ -29,7 +29,7 @@ Layout choices (for speed on the CPU this package targets, and for exactness):
   microseconds of numpy there and keep the graphs free of sampling state.
 
 ``use_past=False`` (the default of ``model_config.use_past``) recomputes the whole right-padded
-``[B, P + max_new_tokens]`` sequence each token through a third graph, also compiled once: the
+``[B, L]`` sequence each token through a third graph, also compiled once: the
 reference the cache is measured against (benchmarks/bench_generate.py).
 """
 import logging
@@ -126,11 +126,24 @@ def _eos_ids(eos_token_id, vocab):
     return np.array([_token("eos_token_id", t, vocab) for t in ids], np.int64)
 
 
+def _budgets(max_new_tokens, batch):
+    """max_new_tokens -> int64 [B]: one int for every row, or one a row."""
+    if isinstance(max_new_tokens, (list, tuple, np.ndarray)):
+        if len(max_new_tokens) != batch:
+            raise ValueError(f"max_new_tokens must be an int or one int per prompt ({batch}), got "
+                             f"{len(max_new_tokens)} values")
+        values = [_checks.check_positive_int(f"max_new_tokens[{i}]", int(v) if isinstance(v, np.integer) else v)
+                  for i, v in enumerate(max_new_tokens)]
+        return np.array(values, np.int64)
+    return np.full(batch, _checks.check_positive_int("max_new_tokens", max_new_tokens), np.int64)
+
+
 def _check_args(net, max_new_tokens, do_sample, top_k, top_p, temperature, repetition_penalty,
                 pad_token_id, seed, streamer, use_past):
     c = _checks
     vocab = net.config.vocab_size
-    c.check_positive_int("max_new_tokens", max_new_tokens)
+    if not isinstance(max_new_tokens, (list, tuple, np.ndarray)):
+        c.check_positive_int("max_new_tokens", max_new_tokens)
     c.check_bool("do_sample", do_sample)
     c.check_int("top_k", top_k, minimum=0)
     c.check_number("top_p", top_p, above=0, maximum=1)
@@ -192,7 +205,8 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
         net: a causal LM of the package (``LlamaForCausalLM``), LoRA or not, merged or not.
         input_ids: one prompt (a list of token ids), several of any lengths (a list of such lists),
             or a 2-D int array / Tensor of equal-length prompts.
-        max_new_tokens (int): > 0; prompt + new tokens must fit the model (``seq_length + 1``).
+        max_new_tokens (int or list of int): > 0, for every row or one a row; prompt + new tokens must
+            fit the model (``seq_length + 1`` positions).
         do_sample (bool): draw from the distribution (else greedy argmax).
         top_k (int): keep the k most likely tokens when sampling; 0 keeps all.
         top_p (float): in (0, 1]: keep the smallest set of tokens with this probability mass.
@@ -225,13 +239,15 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id or 0)
     use_past = cfg.use_past if use_past is None else use_past
     lengths = np.array([len(r) for r in rows], np.int64)
-    width = int(lengths.max())
-    total = width + max_new_tokens
-    if total > net.model.max_length:
-        raise ValueError(f"max_new_tokens must be <= {net.model.max_length - width} for the longest prompt "
-                         f"({width} tokens; the model holds {net.model.max_length} positions), "
-                         f"got {max_new_tokens}")
     batch = len(rows)
+    budgets = _budgets(max_new_tokens, batch)
+    width = int(lengths.max())
+    total = int((lengths + budgets).max())
+    if total > net.model.max_length:
+        row = int(np.argmax(lengths + budgets))
+        raise ValueError(f"max_new_tokens must be <= {net.model.max_length - lengths[row]} for prompt {row} "
+                         f"({lengths[row]} tokens; the model holds {net.model.max_length} positions), "
+                         f"got {budgets[row]}")
     buf = np.full((batch, total), pad, np.int32)
     for b, row in enumerate(rows):
         buf[b, :len(row)] = row
@@ -240,6 +256,7 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
     net.set_train(False)
     prefill, decode, full = graph_cells(net)
     finished = np.zeros(batch, bool)
+    ends = lengths + budgets
     all_logits = []
     try:
         last = Tensor(lengths - 1, ms.int32)
@@ -247,7 +264,7 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
             logits, caches = prefill(Tensor(buf[:, :width]), last, ms.mutable(net.new_cache(batch, total)))
         else:
             logits = full(Tensor(buf), last)
-        for step in range(max_new_tokens):
+        for step in range(int(budgets.max())):
             scores = logits.asnumpy()
             if output_logits:
                 all_logits.append(scores.copy())
@@ -259,10 +276,10 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
             active = ~finished
             buf[active, lengths[active]] = tokens[active]
             lengths[active] += 1
-            finished = finished | (active & np.isin(tokens, eos))
+            finished = finished | (active & (np.isin(tokens, eos) | (lengths >= ends)))
             if streamer is not None:
                 streamer.put(tokens)
-            if finished.all() or step == max_new_tokens - 1:
+            if finished.all():
                 break
             positions = Tensor(lengths - 1, ms.int32)
             if use_past:

@@ -23,13 +23,12 @@ _DTYPE_KEYS = ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"
 # bos_token_id ~ pad_token_id) and listed in ``LlamaConfig.ignored_keys``.
 _KNOWN_MINDFORMERS_KEYS = frozenset({
     "type", "model_type", "architectures", "auto_register", "name_or_path",
-    "bos_token_id", "eos_token_id", "embedding_init_type", "qkv_has_bias", "qkv_concat",
+    "bos_token_id", "embedding_init_type", "qkv_has_bias", "qkv_concat",
     "parallel_config", "moe_config", "use_past_shard", "extend_method", "scaling_factor",
     "rope_scaling", "is_dynamic", "use_rope_slice", "use_flash_attention", "use_ring_attention",
     "use_attn_mask_compression", "use_eod_attn_mask_compression", "use_paged_attention",
     "parallel_optimizer", "fine_grain_interleave", "pp_interleave_num", "offset",
-    "checkpoint_name_or_path", "repetition_penalty", "max_decode_length", "max_length",
-    "min_length", "max_new_tokens", "top_k", "top_p", "temperature", "do_sample", "num_beams",
+    "checkpoint_name_or_path", "max_length", "min_length", "num_beams",
     "length_penalty", "no_repeat_ngram_size", "block_size", "num_blocks", "quant", "quant_config",
     "pet_config", "compute_in_2d", "input_sliced_sig", "rmsnorm_compute_2d", "chunk_prefill",
     "init_method_std", "residual_dtype", "llm_backend", "parallel_decoding_params",
@@ -37,6 +36,11 @@ _KNOWN_MINDFORMERS_KEYS = frozenset({
     "output_hidden_states", "torchscript", "tokenizer_class", "is_encoder_decoder", "num_labels",
     "batch_valid_length", "use_rmsnorm", "use_fused_rms_norm", "lm_head_bias", "is_sample_acceleration",
 })
+
+# MindFormers' generation keys of a model_config: not the model's, read by predict mode
+# (mindpet_lite.infer.predict.generation_settings); accepted here and not reported as ignored.
+GENERATION_KEYS = frozenset({"do_sample", "top_k", "top_p", "temperature", "repetition_penalty",
+                             "max_decode_length", "max_new_tokens", "eos_token_id"})
 
 
 def _ffn_hidden_size(hidden_size, intermediate_size, multiple_of, ffn_dim_multiplier):
@@ -163,7 +167,8 @@ class LlamaConfig:
             except (TypeError, ValueError):
                 raise TypeError(f"{section} must be a dict, got {_checks.describe(model_config)}") from None
         kwargs, ignored = _checks.split_known_keys(section, model_config, cls.used_keys(),
-                                                   known_ignored=_KNOWN_MINDFORMERS_KEYS)
+                                                   known_ignored=_KNOWN_MINDFORMERS_KEYS | GENERATION_KEYS)
+        ignored = [key for key in ignored if key not in GENERATION_KEYS]
         _check_unsupported(model_config)
         try:
             config = cls(**kwargs)

@@ -110,6 +110,14 @@ def test_one_prefill_and_one_decode_graph_for_many_tokens():
     assert max(times[1:]) < times[0] / 5
 
 
+def test_max_new_tokens_per_row(base):
+    full = generate(base, PROMPTS, NEW)
+    short = generate(base, PROMPTS, [2, NEW, 1])
+    assert short == [f[:len(p) + n] for f, p, n in zip(full, PROMPTS, [2, NEW, 1])]
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an int or one int per prompt \(3\), got 2"):
+        generate(base, PROMPTS, [1, 2])
+
+
 # ---- eos, padding, sampling -----------------------------------------------------------------------
 def test_eos_stops_its_row_only(base):
     free = generate(base, PROMPTS, NEW, use_past=True)
