@@ -204,9 +204,15 @@ class LlamaAttention(nn.Cell):
     def _qkv(self, x, cos, sin):
         """q (scaled), k, v of ``x [B, S, H]`` in ``[B, heads, S, D]``, rotary applied."""
         d = self.head_dim
-        q = _heads_first(self.wq(x), d)
-        k = _heads_first(self.wk(x), d)
-        v = _heads_first(self.wv(x), d)
+        b, s, _ = x.shape
+        if s == 1:  # one token a row (decode): [B, 1, N*D] -> [B, N, 1, D] is a reshape
+            q = ops.reshape(self.wq(x), (b, self.num_heads, 1, d))
+            k = ops.reshape(self.wk(x), (b, self.num_kv_heads, 1, d))
+            v = ops.reshape(self.wv(x), (b, self.num_kv_heads, 1, d))
+        else:
+            q = _heads_first(self.wq(x), d)
+            k = _heads_first(self.wk(x), d)
+            v = _heads_first(self.wv(x), d)
         q = _apply_rotary(q, cos, sin, self.rotary_dtype, self.compute_dtype) * self.scale
         k = _apply_rotary(k, cos, sin, self.rotary_dtype, self.compute_dtype)
         return q, k, v
@@ -224,6 +230,8 @@ class LlamaAttention(nn.Cell):
         scores = scores + _same_shape(mask, scores)
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
         out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, t)), v)
+        if s == 1:
+            return self.wo(ops.reshape(out, (b, 1, nh * d)))
         return self.wo(_heads_last(ops.reshape(out, (b, nh, s, d))))
 
     def construct(self, x, cos, sin, mask):
