@@ -214,7 +214,7 @@ def _add_generate(sub):
         stats = stream_generate(cfg, args.prompt, sys.stdout, args.max_new_tokens)
         print(f"prompt: {stats['prompt_tokens']} tokens, {stats['prompt_tokens_per_s']:.1f} tokens/s "
               f"(first token after {stats['first_token_seconds']:.2f} s); generation: {stats['new_tokens']} tokens, "
-              f"{stats['generation_tokens_per_s']:.1f} tokens/s")
+              f"{stats['generation_tokens_per_s']:.1f} tokens/s; compile (warm-up call) {stats['compile_seconds']:.2f} s")
 
     p.set_defaults(func=_command("generate", work))
 

@@ -202,23 +202,50 @@ def predict(cfg, prompts=None):
 def stream_generate(cfg, prompt, stream, max_new_tokens=None):
     """Generate one prompt with the model a RunConfig names (its adapter, if any), writing the new text
     to ``stream`` as it comes (:class:`TextStreamer`). Returns ``{"prompt_tokens", "new_tokens",
-    "first_token_seconds", "prompt_tokens_per_s", "generation_tokens_per_s", "tokens", "output"}``:
-    the prompt rate is over the time to the first token (prefill, compile included on a first call),
-    the generation rate over the tokens after it."""
+    "compile_seconds", "first_token_seconds", "prompt_tokens_per_s", "generation_tokens_per_s", "tokens",
+    "output"}``: a two-token warm-up call of the same shape compiles the graphs first
+    (``compile_seconds``, which includes that call), so the prompt rate (over the time to the first token)
+    and the generation rate (over the tokens after it) are steady rates."""
     prompt = read_prompts([prompt])[0]
     net, tokenizer, settings = load_predictor(cfg)
     if max_new_tokens is not None:
         settings["max_new_tokens"] = _checks.check_positive_int("max_new_tokens", max_new_tokens)
     ids = tokenizer.encode(prompt, add_bos=True)
     eos = settings["eos_token_id"]
+    args = _generate_args(settings, [ids])
+    began = time.perf_counter()  # compile the graphs of these shapes first: the rates are then steady
+    try:
+        generate(net, [ids], streamer=_StopAfter(2), **dict(args, eos_token_id=None))
+    except _Stopped:
+        pass
+    compile_seconds = time.perf_counter() - began
     streamer = TextStreamer(tokenizer, stream, eos if isinstance(eos, (list, tuple)) else [eos])
-    generate(net, [ids], streamer=streamer, **_generate_args(settings, [ids]))
+    generate(net, [ids], streamer=streamer, **args)
     after_first = streamer.seconds - streamer.first_token_seconds
-    return {"prompt_tokens": len(ids), "new_tokens": len(streamer.tokens),
+    return {"prompt_tokens": len(ids), "new_tokens": len(streamer.tokens), "compile_seconds": compile_seconds,
             "first_token_seconds": streamer.first_token_seconds,
             "prompt_tokens_per_s": len(ids) / streamer.first_token_seconds,
             "generation_tokens_per_s": (len(streamer.tokens) - 1) / after_first if after_first > 0 else 0.0,
             "tokens": streamer.tokens, "output": streamer.text}
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopAfter:
+    """A streamer that ends a generate() call after ``count`` tokens (same shapes, fewer steps)."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def put(self, tokens):  # pylint: disable=unused-argument
+        self.count -= 1
+        if self.count <= 0:
+            raise _Stopped()
+
+    def end(self):
+        pass
 
 
 class TextStreamer:
