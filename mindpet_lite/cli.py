@@ -184,6 +184,41 @@ def _add_convert_base(sub):
     p.set_defaults(func=_command("convert-base", work))
 
 
+# ---- generate ----------------------------------------------------------------------------------
+def _add_generate(sub):
+    """`mindpet-lite generate --config X --adapter A --prompt "..."`."""
+    p = sub.add_parser("generate", help="stream a generation from the model of a run YAML (and an adapter)",
+                       description="Generate from one prompt with the run YAML's model, its base checkpoint and an "
+                                   "adapter, printing the tokens as they come, then prompt and generation tokens/s. "
+                                   "Sampling settings come from model.model_config (do_sample, top_k, top_p, "
+                                   "temperature, repetition_penalty, max_decode_length, use_past).")
+    p.add_argument("--config", required=True, help="run YAML (MindFormers format)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--adapter", default=None, help="adapter file (omit: the base model alone)")
+    p.add_argument("--load_checkpoint", "--load-checkpoint", dest="load_checkpoint", default=None,
+                   help="base checkpoint (default: the YAML's load_checkpoint)")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=None,
+                   help="at most this many new tokens (default: up to max_decode_length / the model's length)")
+    p.add_argument("--use_past", "--use-past", dest="use_past", type=_checks.bool_arg, default=True,
+                   metavar="{True,False}", help="decode with the KV cache (default True)")
+
+    def work(args):
+        from mindpet_lite.infer import stream_generate  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.train import RunConfig  # pylint: disable=import-outside-toplevel
+        overrides = {"model.model_config.use_past": args.use_past, "run_mode": "predict"}
+        for key in ("load_checkpoint", "adapter"):
+            if getattr(args, key):
+                overrides[key] = getattr(args, key)
+        cfg = RunConfig.from_yaml(args.config, overrides)
+        sys.stdout.write(args.prompt)
+        stats = stream_generate(cfg, args.prompt, sys.stdout, args.max_new_tokens)
+        print(f"prompt: {stats['prompt_tokens']} tokens, {stats['prompt_tokens_per_s']:.1f} tokens/s "
+              f"(first token after {stats['first_token_seconds']:.2f} s); generation: {stats['new_tokens']} tokens, "
+              f"{stats['generation_tokens_per_s']:.1f} tokens/s; compile (warm-up call) {stats['compile_seconds']:.2f} s")
+
+    p.set_defaults(func=_command("generate", work))
+
+
 def _alpha(value):
     """A --lora-alpha read as float, as int when whole (16.0 -> 16, as the YAML would have it)."""
     return int(value) if value is not None and float(value).is_integer() else value
@@ -195,7 +230,7 @@ def build_parser():
                                                  "around it: data conversion, merge, Hugging Face PEFT export "
                                                  "and import, base checkpoint conversion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_finetune, _add_data, _add_merge, _add_peft, _add_convert_base):
+    for add in (_add_finetune, _add_data, _add_merge, _add_peft, _add_convert_base, _add_generate):
         add(sub)
     for subparser in sub.choices.values():
         subparser.epilog = EXIT_STATUS_HELP

@@ -1,6 +1,8 @@
-"""`python -m mindpet_lite.run --config RUN.yaml [flags]`: LoRA fine-tuning with run_mindformer.py's flags.
+"""`python -m mindpet_lite.run --config RUN.yaml [flags]`: LoRA fine-tuning (or predict) with run_mindformer.py's flags.
 
     python -m mindpet_lite.run --config configs/tiny_llama/lora_cpu.yaml
+    python -m mindpet_lite.run --config configs/tiny_llama/lora_cpu.yaml --run_mode predict \
+        --predict_data "text" | FILE --load_checkpoint BASE --adapter ADAPTER
     bash scripts/msrun_launcher.sh "python -m mindpet_lite.run --config RUN.yaml --use_parallel True" 2
 
 Flags override the YAML: ``python -m mindpet_lite.run --help`` lists them, each with the YAML key it
@@ -28,11 +30,25 @@ def build_parser(prog="python -m mindpet_lite.run"):
     return add_run_arguments(parser)
 
 
+def _predict(cfg):
+    """run_mode predict: generate, write predictions.jsonl, print each prompt's output."""
+    from mindpet_lite.infer import predict  # pylint: disable=import-outside-toplevel
+    records, path = predict(cfg)
+    for i, record in enumerate(records):
+        print(f"[{i}] {record['prompt']}\n    -> {record['output']}", flush=True)
+    print(f"wrote {path} ({len(records)} predictions)", flush=True)
+
+
 def run(args, extra=None):
-    """Fine-tune as the parsed flags (and extra ``--section.key value`` pairs) say; returns the exit status."""
+    """Fine-tune (or predict) as the parsed flags (and extra ``--section.key value`` pairs) say; returns
+    the exit status."""
     from mindpet_lite.train import finetune  # pylint: disable=import-outside-toplevel
     try:
-        finetune(load_run_config(args, extra))
+        cfg = load_run_config(args, extra)
+        if cfg.run_mode == "predict":
+            _predict(cfg)
+        else:
+            finetune(cfg)
     except Exception as err:  # pylint: disable=broad-except  # turned into the exit status
         status = _checks.exit_status(err)
         logging.getLogger("mindpet_lite.run").error("%s: %s", type(err).__name__, err,

@@ -47,6 +47,8 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
 from mindpet_lite.models.llama_config import LlamaConfig, _as_config, count_params, llama_param_shapes
+from mindpet_lite.models.generation import generate as _generate
+from mindpet_lite.models.loss import causal_lm_loss, token_log_likelihood
 
 logger = logging.getLogger(__name__)
 
@@ -199,23 +201,61 @@ class LlamaAttention(nn.Cell):
         self.matmul_pv = ops.BatchMatMul()
         self.softmax = _Softmax()
 
-    def construct(self, x, cos, sin, mask):
-        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive."""
+    def _qkv(self, x, cos, sin):
+        """q (scaled), k, v of ``x [B, S, H]`` in ``[B, heads, S, D]``, rotary applied."""
+        d = self.head_dim
         b, s, _ = x.shape
-        nh, nkv, rep, d = self.num_heads, self.num_kv_heads, self.n_rep, self.head_dim
-        q = _heads_first(self.wq(x), d)
-        k = _heads_first(self.wk(x), d)
-        v = _heads_first(self.wv(x), d)
+        if s == 1:  # one token a row (decode): [B, 1, N*D] -> [B, N, 1, D] is a reshape
+            q = ops.reshape(self.wq(x), (b, self.num_heads, 1, d))
+            k = ops.reshape(self.wk(x), (b, self.num_kv_heads, 1, d))
+            v = ops.reshape(self.wv(x), (b, self.num_kv_heads, 1, d))
+        else:
+            q = _heads_first(self.wq(x), d)
+            k = _heads_first(self.wk(x), d)
+            v = _heads_first(self.wv(x), d)
         q = _apply_rotary(q, cos, sin, self.rotary_dtype, self.compute_dtype) * self.scale
         k = _apply_rotary(k, cos, sin, self.rotary_dtype, self.compute_dtype)
-        # [B, nkv, rep*S, D] x [B, nkv, S, D]^T -> [B, nkv, rep*S, S]
+        return q, k, v
+
+    def _attend(self, q, k, v, mask):
+        """Grouped attention of ``q [B, nh, S, D]`` over ``k, v [B, nkv, T, D]``; ``mask`` adds to the
+        scores ``[B, nkv, rep, S, T]`` (any shape that broadcasts). Returns ``[B, S, H]``."""
+        b, _, s, d = q.shape
+        t = k.shape[2]
+        nh, nkv, rep = self.num_heads, self.num_kv_heads, self.n_rep
+        # [B, nkv, rep*S, D] x [B, nkv, T, D]^T -> [B, nkv, rep*S, T]
         q = ops.reshape(q, (b, nkv, rep * s, d))
-        scores = ops.reshape(self.matmul_qk(q, k), (b, nkv, rep, s, s))
+        scores = ops.reshape(self.matmul_qk(q, k), (b, nkv, rep, s, t))
         scores = ops.cast(scores, self.softmax_dtype)
         scores = scores + _same_shape(mask, scores)
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
-        out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, s)), v)
+        out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, t)), v)
+        if s == 1:
+            return self.wo(ops.reshape(out, (b, 1, nh * d)))
         return self.wo(_heads_last(ops.reshape(out, (b, nh, s, d))))
+
+    def construct(self, x, cos, sin, mask):
+        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive."""
+        q, k, v = self._qkv(x, cos, sin)
+        return self._attend(q, k, v, mask)
+
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache):
+        """``construct`` that also writes its keys / values into rows ``0..S-1`` of the caches
+        ``[B, nkv, L, D]``; returns ``(out, k_cache, v_cache)``."""
+        q, k, v = self._qkv(x, cos, sin)
+        s = x.shape[1]
+        k_cache = ops.concat((ops.cast(k, k_cache.dtype), k_cache[:, :, s:]), 2)
+        v_cache = ops.concat((ops.cast(v, v_cache.dtype), v_cache[:, :, s:]), 2)
+        return self._attend(q, k, v, mask), k_cache, v_cache
+
+    def decode(self, x, cos, sin, mask, write, k_cache, v_cache):
+        """One token a row: x ``[B, 1, H]``; cos, sin ``[B, 1, 1, D]`` (each row's position);
+        ``write`` bool ``[B, 1, L, 1]`` marks the cache row each batch row writes; ``mask``
+        ``[B, 1, 1, 1, L]`` additive. Returns ``(out, k_cache, v_cache)``."""
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache = ops.select(_same_shape(write, k_cache), _same_shape(k, k_cache), k_cache)
+        v_cache = ops.select(_same_shape(write, v_cache), _same_shape(v, v_cache), v_cache)
+        return self._attend(q, k_cache, v_cache, mask), k_cache, v_cache
 
 
 class LlamaFeedForward(nn.Cell):
@@ -247,6 +287,17 @@ class LlamaDecodeLayer(nn.Cell):
     def construct(self, x, cos, sin, mask):
         x = x + self.attention(self.attention_norm(x), cos, sin, mask)
         return x + self.feed_forward(self.ffn_norm(x))
+
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache):
+        out, k_cache, v_cache = self.attention.prefill(self.attention_norm(x), cos, sin, mask, k_cache, v_cache)
+        x = x + out
+        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
+
+    def decode(self, x, cos, sin, mask, write, k_cache, v_cache):
+        out, k_cache, v_cache = self.attention.decode(self.attention_norm(x), cos, sin, mask, write,
+                                                      k_cache, v_cache)
+        x = x + out
+        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
 
 
 class LlamaEmbedding(nn.Cell):
@@ -284,6 +335,8 @@ class LlamaModel(nn.Cell):
         self.freqs_cos = Tensor(cos, cfg.rotary_dtype)
         self.freqs_sin = Tensor(sin, cfg.rotary_dtype)
         self.causal_mask = _causal_mask(cfg.rotary_length, cfg.softmax_compute_type)
+        self.mask_value = _mask_value(cfg.softmax_compute_type)
+        self.cache_rows = Tensor(np.arange(cfg.rotary_length, dtype=np.int32))
 
     def construct(self, input_ids):
         s = input_ids.shape[1]
@@ -298,6 +351,45 @@ class LlamaModel(nn.Cell):
             x = layer(x, cos, sin, mask)
         return self.norm_out(x)
 
+    def prefill(self, input_ids, caches):
+        """``construct`` that also fills rows ``0..S-1`` of ``caches`` (a tuple ``(k0, v0, k1, v1,
+        ...)`` of ``[B, nkv, L, D]``); returns ``(hidden [B, S, H], caches)``."""
+        s = input_ids.shape[1]
+        cos = self.freqs_cos[:s]
+        sin = self.freqs_sin[:s]
+        mask = self.causal_mask[:s, :s]
+        x = self.tok_embeddings(input_ids)
+        out = ()
+        i = 0
+        for layer in self.layers:
+            x, k_cache, v_cache = layer.prefill(x, cos, sin, mask, caches[i], caches[i + 1])
+            out = out + (k_cache, v_cache)
+            i = i + 2
+        return self.norm_out(x), out
+
+    def decode(self, input_ids, positions, caches):
+        """One token a row, ``input_ids [B, 1]`` at ``positions [B]`` (int32): writes its keys / values
+        at that row of the caches and attends to rows ``0..position``. Returns ``(hidden [B, 1, H],
+        caches)``."""
+        b = input_ids.shape[0]
+        length = caches[0].shape[2]
+        cos = ops.reshape(ops.gather(self.freqs_cos, positions, 0), (b, 1, 1, -1))
+        sin = ops.reshape(ops.gather(self.freqs_sin, positions, 0), (b, 1, 1, -1))
+        rows = ops.broadcast_to(ops.reshape(self.cache_rows[:length], (1, length)), (b, length))
+        pos = ops.broadcast_to(ops.reshape(positions, (b, 1)), (b, length))
+        write = ops.reshape(ops.equal(rows, pos), (b, 1, length, 1))
+        visible = ops.less_equal(rows, pos)
+        zeros = ops.zeros((b, length), self.causal_mask.dtype)
+        mask = ops.reshape(ops.select(visible, zeros, zeros + self.mask_value), (b, 1, 1, 1, length))
+        x = self.tok_embeddings(input_ids)
+        out = ()
+        i = 0
+        for layer in self.layers:
+            x, k_cache, v_cache = layer.decode(x, cos, sin, mask, write, caches[i], caches[i + 1])
+            out = out + (k_cache, v_cache)
+            i = i + 2
+        return self.norm_out(x), out
+
 
 def recompute_layers(net):
     """Mark every decoder layer of ``net`` for recomputation; returns how many were marked.
@@ -310,37 +402,6 @@ def recompute_layers(net):
     for layer in layers:
         layer.recompute()
     return len(layers)
-
-
-def token_log_likelihood(logits, labels, ignore_index=-100):
-    """Log-probability of each label token, and which positions count: the masked cross-entropy's core.
-
-    ``logits[b, t]`` (``[B, S, V]``) scores the token ``labels[b, t]`` (``[B, S]``; shift before
-    calling). Returns ``(picked, keep)``: float32 ``[B, S]`` log-probabilities of the labels (of token
-    0 where the label is ``ignore_index``) and the bool ``[B, S]`` mask of the other positions. The
-    training loss (:func:`causal_lm_loss`) and the held-out evaluation both read it.
-    """
-    logits = ops.cast(logits, mstype.float32)
-    labels = ops.cast(labels, mstype.int32)
-    keep = ops.not_equal(labels, ignore_index)
-    safe = ops.select(keep, labels, ops.zeros_like(labels))
-    # one fused LogSoftmax kernel (and LogSoftmaxGrad): ops.logsumexp expands into ReduceMax, Sub,
-    # Exp, ReduceSum, Log and differentiates through the max; on CPU that costs ~9x as much
-    # (value and gradient at [4, 256, 4096]: 72 ms against 8 ms, benchmarks/README.md)
-    log_probs = ops.log_softmax(logits, -1)
-    picked = ops.squeeze(ops.gather_elements(log_probs, -1, ops.expand_dims(safe, -1)), -1)
-    return picked, keep
-
-
-def causal_lm_loss(logits, labels, ignore_index=-100):
-    """Mean cross-entropy of ``logits [B, S, V]`` against aligned ``labels [B, S]``.
-
-    ``logits[b, t]`` scores the token ``labels[b, t]`` (shift before calling). Positions whose label
-    equals ``ignore_index`` are left out; with none left the loss is 0. Computed in float32.
-    """
-    picked, keep = token_log_likelihood(logits, labels, ignore_index)
-    weight = ops.cast(keep, mstype.float32)
-    return -ops.sum(picked * weight) / ops.maximum(ops.sum(weight), 1.0)
 
 
 class LlamaForCausalLM(nn.Cell):
@@ -378,8 +439,8 @@ class LlamaForCausalLM(nn.Cell):
         self.vocab_size = cfg.vocab_size
         self.ignore_token_id = cfg.ignore_token_id
 
-    def _logits(self, input_ids):
-        hidden = self.model(input_ids)
+    def _head(self, hidden):
+        """float32 logits ``[B, S, vocab]`` of the final hidden states ``[B, S, H]``."""
         if self.tie_word_embeddings:
             b, s, h = hidden.shape
             weight = ops.cast(self.model.tok_embeddings.embedding_weight, self.compute_dtype)
@@ -388,6 +449,45 @@ class LlamaForCausalLM(nn.Cell):
         else:
             logits = self.lm_head(hidden)
         return ops.cast(logits, mstype.float32)
+
+    def _logits(self, input_ids):
+        return self._head(self.model(input_ids))
+
+    def _head_at(self, hidden, index):
+        """float32 logits ``[B, vocab]`` of row ``index[b]`` (int32 ``[B]``) of each ``hidden [B, S, H]``."""
+        b = hidden.shape[0]
+        picked = ops.gather(hidden, ops.reshape(index, (b, 1)), 1, 1)  # [B, 1, H]
+        return ops.reshape(self._head(picked), (b, self.vocab_size))
+
+    # -- generation (models/generation.py calls these through graph cells of its own) -------------
+    def new_cache(self, batch_size, length):
+        """Zero KV caches for ``batch_size`` rows of ``length`` positions: the tuple ``(k0, v0, k1, v1,
+        ...)`` of ``[B, n_kv_heads, length, head_dim]`` in ``compute_dtype``."""
+        cfg = self.config
+        shape = (batch_size, cfg.num_kv_heads, length, cfg.head_dim)
+        return tuple(ops.zeros(shape, cfg.compute_dtype) for _ in range(2 * cfg.num_layers))
+
+    def prefill(self, input_ids, last_index, caches):
+        """Right-padded prompts ``input_ids [B, S]``: the logits ``[B, vocab]`` at ``last_index [B]``
+        (each row's last prompt token) and the caches with rows ``0..S-1`` filled."""
+        hidden, caches = self.model.prefill(input_ids, caches)
+        return self._head_at(hidden, last_index), caches
+
+    def decode(self, input_ids, positions, caches):
+        """One token a row (``input_ids [B, 1]`` at ``positions [B]``): logits ``[B, vocab]``, caches."""
+        hidden, caches = self.model.decode(input_ids, positions, caches)
+        b = input_ids.shape[0]
+        return ops.reshape(self._head(hidden), (b, self.vocab_size)), caches
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        """``models.generation.generate(self, input_ids, max_new_tokens, ...)``: see there (``do_sample``,
+        ``top_k``, ``top_p``, ``temperature``, ``repetition_penalty``, ``eos_token_id``,
+        ``pad_token_id``, ``seed``, ``streamer``, ``adapter_names``, ``use_past``)."""
+        return _generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def logits_at(self, input_ids, index):
+        """No cache: the full causal forward of ``input_ids [B, S]``, logits ``[B, vocab]`` at ``index [B]``."""
+        return self._head_at(self.model(input_ids), index)
 
     def construct(self, input_ids, labels=None):
         if labels is None:

@@ -23,13 +23,12 @@ _DTYPE_KEYS = ("compute_dtype", "layernorm_compute_type", "softmax_compute_type"
 # bos_token_id ~ pad_token_id) and listed in ``LlamaConfig.ignored_keys``.
 _KNOWN_MINDFORMERS_KEYS = frozenset({
     "type", "model_type", "architectures", "auto_register", "name_or_path",
-    "bos_token_id", "eos_token_id", "embedding_init_type", "qkv_has_bias", "qkv_concat",
-    "parallel_config", "moe_config", "use_past", "use_past_shard", "extend_method", "scaling_factor",
+    "bos_token_id", "embedding_init_type", "qkv_has_bias", "qkv_concat",
+    "parallel_config", "moe_config", "use_past_shard", "extend_method", "scaling_factor",
     "rope_scaling", "is_dynamic", "use_rope_slice", "use_flash_attention", "use_ring_attention",
     "use_attn_mask_compression", "use_eod_attn_mask_compression", "use_paged_attention",
     "parallel_optimizer", "fine_grain_interleave", "pp_interleave_num", "offset",
-    "checkpoint_name_or_path", "repetition_penalty", "max_decode_length", "max_length",
-    "min_length", "max_new_tokens", "top_k", "top_p", "temperature", "do_sample", "num_beams",
+    "checkpoint_name_or_path", "max_length", "min_length", "num_beams",
     "length_penalty", "no_repeat_ngram_size", "block_size", "num_blocks", "quant", "quant_config",
     "pet_config", "compute_in_2d", "input_sliced_sig", "rmsnorm_compute_2d", "chunk_prefill",
     "init_method_std", "residual_dtype", "llm_backend", "parallel_decoding_params",
@@ -37,6 +36,11 @@ _KNOWN_MINDFORMERS_KEYS = frozenset({
     "output_hidden_states", "torchscript", "tokenizer_class", "is_encoder_decoder", "num_labels",
     "batch_valid_length", "use_rmsnorm", "use_fused_rms_norm", "lm_head_bias", "is_sample_acceleration",
 })
+
+# MindFormers' generation keys of a model_config: not the model's, read by predict mode
+# (mindpet_lite.infer.predict.generation_settings); accepted here and not reported as ignored.
+GENERATION_KEYS = frozenset({"do_sample", "top_k", "top_p", "temperature", "repetition_penalty",
+                             "max_decode_length", "max_new_tokens", "eos_token_id"})
 
 
 def _ffn_hidden_size(hidden_size, intermediate_size, multiple_of, ffn_dim_multiplier):
@@ -61,6 +65,7 @@ class LlamaConfig:
     ``intermediate_size=None`` derives the SwiGLU width from ``multiple_of`` and
     ``ffn_dim_multiplier`` (see ``ffn_hidden_size``); ``n_kv_heads=None`` means ``num_heads``.
     ``max_position_embedding`` (default ``seq_length``) sizes the rotary tables.
+    ``use_past`` (MindFormers' key) makes ``models.generation.generate`` decode with a KV cache.
     """
 
     hidden_size: int = 4096
@@ -85,6 +90,7 @@ class LlamaConfig:
     ignore_token_id: int = -100
     batch_size: Optional[int] = 1
     initializer_range: float = 0.02
+    use_past: bool = False
     ignored_keys: list = dataclasses.field(default_factory=list, compare=False)
 
     def __post_init__(self):
@@ -101,6 +107,7 @@ class LlamaConfig:
         for key in _DTYPE_KEYS:
             setattr(self, key, c.to_float_dtype(key, getattr(self, key)))
         c.check_bool("tie_word_embeddings", self.tie_word_embeddings)
+        self.use_past = c.to_bool("use_past", self.use_past)
         if self.pad_token_id is not None:
             c.check_int("pad_token_id", self.pad_token_id)
         c.check_int("ignore_token_id", self.ignore_token_id)
@@ -160,7 +167,8 @@ class LlamaConfig:
             except (TypeError, ValueError):
                 raise TypeError(f"{section} must be a dict, got {_checks.describe(model_config)}") from None
         kwargs, ignored = _checks.split_known_keys(section, model_config, cls.used_keys(),
-                                                   known_ignored=_KNOWN_MINDFORMERS_KEYS)
+                                                   known_ignored=_KNOWN_MINDFORMERS_KEYS | GENERATION_KEYS)
+        ignored = [key for key in ignored if key not in GENERATION_KEYS]
         _check_unsupported(model_config)
         try:
             config = cls(**kwargs)

@@ -29,7 +29,7 @@ OPTIMIZER_TYPES = {
 }
 LR_TYPES = {"CosineWithWarmUpLR": "cosine", "cosine": "cosine", "ConstantWarmUpLR": "constant",
             "constant": "constant"}
-RUN_MODES = ("finetune", "train")
+RUN_MODES = ("finetune", "train", "predict")
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 
 
@@ -182,9 +182,17 @@ def _dotted(path, name):
 
 # ---- the tables ------------------------------------------------------------------------------------
 TOP = Section("", keys=(
-    Key("run_mode", "choice", "finetune", "finetune or train (the same here)", choices=RUN_MODES,
-        note="(this runner trains; eval and predict are MindFormers' run modes it does not provide)",
+    Key("run_mode", "choice", "finetune", "finetune or train (the same here), or predict (generate from "
+        "input_data with the base and the adapter)", choices=RUN_MODES,
+        note="(finetune and train train; predict generates; eval is a MindFormers run mode this runner does "
+             "not provide: held-out scoring runs with eval_dataset during training)",
         flag="run_mode"),
+    Key("input_data", "str", None, "predict: the prompt text, or a file of prompts (one a line; .jsonl: a "
+        "string or a {'prompt': ...} object a line)", flag="predict_data"),
+    Key("predict_batch_size", "int", 1, "predict: prompts generated together (right-padded)", minimum=1,
+        flag="predict_batch_size"),
+    Key("adapter", "path", "", "predict: the adapter file to load onto the base (empty: the base alone)",
+        flag="adapter"),
     Key("load_checkpoint", "path", "", "base weights: a .ckpt / .safetensors file, or a directory of them",
         flag="load_checkpoint"),
     Key("output_dir", "str", "./output", "where checkpoints, logs, the loss curve and summary.json go",
@@ -213,7 +221,7 @@ TOP = Section("", keys=(
             "layer_scale", "layer_decay", "lr_scale", "lr_scale_factor", "remote_save_url", "moe_config",
             "transform_process_num", "load_ckpt_format", "load_ckpt_async", "use_legacy", "swap_config",
             "monitor_config", "tensorboard", "ignore_data_skip", "data_skip_steps", "use_ckpt_load_balancing",
-            "check_for_nan_in_loss_and_grad", "adapter_id", "input_data", "predict_batch_size",
+            "check_for_nan_in_loss_and_grad", "adapter_id",
             "infer_precision_sync", "postprocess_use_numpy", "context_parallel", "print_separate_loss",
             "resume_by_meta", "skip_trans_ckpt", "save_file", "remove_redundancy", "train_precision_sync"))
 

@@ -322,7 +322,10 @@ def test_config_reads_mindformers_yaml_block():
     cfg = LlamaConfig.from_dict(LLAMA2_7B)
     assert cfg.compute_dtype == ms.float16 and cfg.layernorm_compute_type == ms.float32
     assert cfg.num_kv_heads == 32 and cfg.head_dim == 128
-    assert {"type", "use_flash_attention", "pet_config", "offset", "bos_token_id", "top_k"} <= set(cfg.ignored_keys)
+    assert {"type", "use_flash_attention", "pet_config", "offset", "bos_token_id"} <= set(cfg.ignored_keys)
+    # use_past is the model's; the generation keys are predict mode's (infer.predict): none is "ignored"
+    assert not {"use_past", "top_k", "top_p", "do_sample", "max_decode_length", "repetition_penalty",
+                "eos_token_id"} & set(cfg.ignored_keys)
     assert "hidden_size" not in cfg.ignored_keys
     assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -347,7 +350,7 @@ def test_misspelled_key_suggests_the_right_one(key, suggestion):
 
 def test_unrelated_unknown_keys_are_ignored():
     cfg = LlamaConfig.from_dict(dict(TINY, some_vendor_flag=True, num_blocks=4, eos_token_id=2))
-    assert cfg.ignored_keys == ["some_vendor_flag", "num_blocks", "eos_token_id"]
+    assert cfg.ignored_keys == ["some_vendor_flag", "num_blocks"]
 
 
 @pytest.mark.parametrize("changes, error, words", [

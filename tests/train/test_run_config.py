@@ -131,7 +131,7 @@ def test_unknown_keys_far_from_used_ones_are_listed_as_ignored():
     (("lr_schedule", "type"), "polynomial", "lr_schedule.type must be one of"),
     (("runner_config", "epochs"), 0, "epochs must be an int >= 1"),
     (("optimizer", "beta1"), 1.5, "beta1"),
-    (("run_mode",), "predict", "run_mode must be one of"),
+    (("run_mode",), "eval", "run_mode must be one of"),
     (("context", "device_target"), "cpu", "did you mean 'CPU'"),
     (("train_dataset", "data_loader", "type"), "JsonDataset", "MindDataset"),
     (("train_dataset", "input_columns"), ["input_ids"], "input_ids' and 'labels'"),

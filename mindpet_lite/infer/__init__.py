@@ -1,0 +1,6 @@
+"""mindpet_lite.infer: predict mode, prompts in, JSON lines out (``run_mode: predict``)."""
+from mindpet_lite.infer.predict import (PREDICTIONS_FILE, TextStreamer, generation_settings, load_predictor, predict,
+                                        predict_prompts, read_prompts, stream_generate)
+
+__all__ = ["predict", "predict_prompts", "load_predictor", "read_prompts", "generation_settings", "TextStreamer", "stream_generate",
+           "PREDICTIONS_FILE"]

@@ -1,0 +1,290 @@
+"""Predict mode: prompts in, one JSON line per prompt out (``run_mode: predict``, MindFormers' flags).
+
+    python -m mindpet_lite.run --config RUN.yaml --run_mode predict --predict_data "text" | FILE \\
+        --load_checkpoint BASE --adapter ADAPTER
+
+One straight line, each step a function: :func:`read_prompts` (``input_data`` / ``--predict_data``: the
+text itself, or a file of prompts), :func:`load_predictor` (RunConfig -> the built model with its base
+weights and adapter, the tokenizer, the generation settings of ``model_config``), :func:`predict_prompts`
+(batches of ``predict_batch_size`` through ``models.generation.generate``) and :func:`predict` (the
+whole run: writes ``<output_dir>/predictions.jsonl`` atomically, returns the records).
+
+Generation settings come from ``model_config`` (MindFormers' keys): ``use_past``, ``do_sample``,
+``top_k``, ``top_p``, ``temperature``, ``repetition_penalty``, ``max_decode_length`` (prompt + new
+tokens, MindFormers' meaning) or ``max_new_tokens`` (wins when both are given), ``eos_token_id``
+(default: the tokenizer's); the draws are seeded with the run's ``seed``. The tokenizer is the one
+``processor.tokenizer.vocab_file`` names (a SentencePiece ``.model``), else the built-in byte tokenizer,
+the one the demo data is made with. Prompts are encoded as the data converter encodes them: bos first.
+"""
+import json
+import logging
+import os
+import time
+
+import mindspore as ms
+
+from mindpet_lite import _checks, _files
+from mindpet_lite.adapters import load_adapter
+from mindpet_lite.data import load_tokenizer
+from mindpet_lite.models.generation import generate
+from mindpet_lite.pet import get_pet_model
+from mindpet_lite.train.job import build_model, load_base_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_prompts", "generation_settings", "load_predictor", "predict_prompts", "predict",
+           "stream_generate", "TextStreamer", "PREDICTIONS_FILE"]
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def read_prompts(predict_data):
+    """The prompts of ``input_data``: a list of strings as is; a path to an existing file -> one prompt
+    a non-empty line (``.jsonl`` / ``.json``: a JSON string or a ``{"prompt": ...}`` object a line, or a
+    JSON list of them); any other string is the prompt itself."""
+    if isinstance(predict_data, (list, tuple)):
+        prompts = list(predict_data)
+    elif isinstance(predict_data, str) and predict_data and os.path.isfile(predict_data):
+        prompts = _prompts_in_file(predict_data)
+    elif isinstance(predict_data, str) and predict_data:
+        prompts = [predict_data]
+    else:
+        raise ValueError("input_data (--predict_data) must be the prompt text or a file of prompts, got "
+                         f"{_checks.describe(predict_data)}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise TypeError(f"prompt {i} of input_data must be a non-empty string, got {_checks.describe(prompt)}")
+    if not prompts:
+        raise ValueError(f"input_data {predict_data}: no prompt in the file")
+    return prompts
+
+
+def _prompts_in_file(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not path.endswith((".json", ".jsonl")):
+        return [line for line in text.splitlines() if line.strip()]
+    stripped = text.strip()
+    items = json.loads(stripped) if stripped.startswith("[") else \
+        [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    return [item["prompt"] if isinstance(item, dict) and "prompt" in item else item for item in items]
+
+
+def generation_settings(model_config, tokenizer, capacity, seed=0):
+    """generate()'s keyword arguments from a ``model_config`` mapping (see the module docstring), checked
+    with messages naming ``model_config.<key>``; ``max_decode_length`` is kept as ``max_length`` (the
+    prompt + new tokens cap, resolved per batch), ``capacity`` the model's positions."""
+    mc = model_config
+    name = "model_config."
+    out = {
+        "do_sample": _checks.to_bool(name + "do_sample", mc.get("do_sample", False)),
+        "top_k": _checks.check_int(name + "top_k", mc.get("top_k", 0), minimum=0),
+        "top_p": _checks.check_number(name + "top_p", mc.get("top_p", 1.0), above=0, maximum=1),
+        "temperature": _checks.check_number(name + "temperature", mc.get("temperature", 1.0), above=0),
+        "repetition_penalty": _checks.check_number(name + "repetition_penalty", mc.get("repetition_penalty", 1.0),
+                                                   above=0),
+        "use_past": _checks.to_bool(name + "use_past", mc.get("use_past", False)),
+        "seed": _checks.check_int("seed", seed, minimum=0),
+    }
+    eos = mc.get("eos_token_id")
+    out["eos_token_id"] = tokenizer.eos_id if eos is None else eos
+    pad = mc.get("pad_token_id")
+    out["pad_token_id"] = tokenizer.pad_id if pad is None else pad
+    new = mc.get("max_new_tokens")
+    out["max_new_tokens"] = None if new is None else _checks.check_positive_int(name + "max_new_tokens", new)
+    length = mc.get("max_decode_length")
+    out["max_length"] = capacity if length is None else \
+        min(_checks.check_int(name + "max_decode_length", length, minimum=2), capacity)
+    return out
+
+
+def _tokenizer_spec(cfg):
+    """processor.tokenizer.vocab_file of the run YAML, else 'byte'."""
+    if not cfg.source or not os.path.isfile(cfg.source):
+        return "byte"
+    processor = _checks.load_mapping(cfg.source, "run config").get("processor")
+    tok = processor.get("tokenizer") if isinstance(processor, dict) else None
+    vocab = tok.get("vocab_file") if isinstance(tok, dict) else None
+    return vocab if vocab else "byte"
+
+
+def load_predictor(cfg, adapter=None):
+    """(net, tokenizer, settings) for a RunConfig: the model it names with its base checkpoint, the
+    adapter (``adapter``, else ``cfg.adapter``; none: the base alone) loaded onto LoRA cells built from
+    its pet_config, in eval mode; the tokenizer; :func:`generation_settings`."""
+    if cfg.use_parallel:
+        raise NotImplementedError("run_mode predict runs in one process here (use_parallel must be False): "
+                                  "sharding the prompts across msrun workers is not implemented yet")
+    if cfg.backend != "builtin":
+        raise NotImplementedError("run_mode predict needs the built-in Llama (model.arch.type LlamaForCausalLM "
+                                  f"on CPU / without mindformers), got backend {cfg.backend!r}")
+    adapter = adapter or cfg.adapter
+    if adapter:
+        _files.check_input_file(adapter, "adapter")
+    tokenizer = load_tokenizer(_tokenizer_spec(cfg))
+    ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
+    ms.set_device(cfg.device_target)
+    ms.set_seed(cfg.seed)
+    net = build_model(cfg)
+    if net.config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model_config.vocab_size ({net.config.vocab_size}) is smaller than the tokenizer's "
+                         f"({tokenizer.vocab_size})")
+    settings = generation_settings(cfg.model_config, tokenizer, net.model.max_length, cfg.seed)
+    load_base_checkpoint(net, cfg.load_checkpoint, cfg.auto_trans_ckpt)
+    if adapter:
+        get_pet_model(net, cfg.pet_config)
+        load_adapter(net, adapter)
+        logger.info("predict: adapter %s loaded", adapter)
+    net.set_train(False)
+    return net, tokenizer, settings
+
+
+def _generate_args(settings, prompt_ids):
+    """generate()'s keywords for one batch: each row's max_new_tokens from max_new_tokens / max_length
+    (per row, so that a prompt gets the same tokens in any batch)."""
+    args = {k: v for k, v in settings.items() if k not in ("max_new_tokens", "max_length")}
+    budgets = []
+    for ids in prompt_ids:
+        room = settings["max_length"] - len(ids)
+        if room < 1:
+            raise ValueError(f"a prompt of {len(ids)} tokens leaves no room to generate (max_decode_length / "
+                             f"the model's {settings['max_length']} positions)")
+        new = settings["max_new_tokens"]
+        budgets.append(room if new is None else min(new, room))
+    args["max_new_tokens"] = budgets
+    return args
+
+
+def _new_tokens(sequence, prompt_len, eos_ids):
+    new = sequence[prompt_len:]
+    if new and new[-1] in eos_ids:
+        new = new[:-1]
+    return new
+
+
+def predict_prompts(net, tokenizer, settings, prompts, batch_size=1):
+    """One record a prompt, in input order: ``{"prompt", "output", "tokens", "seconds"}`` — the decoded
+    new text (eos dropped), the new token ids, and the seconds of the batch the prompt was generated in."""
+    _checks.check_positive_int("predict_batch_size", batch_size)
+    eos = settings["eos_token_id"]
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    records = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        ids = [tokenizer.encode(p, add_bos=True) for p in batch]
+        began = time.perf_counter()
+        sequences = generate(net, ids, **_generate_args(settings, ids))
+        seconds = round(time.perf_counter() - began, 4)
+        for prompt, prompt_ids, seq in zip(batch, ids, sequences):
+            new = _new_tokens(seq, len(prompt_ids), eos_ids)
+            records.append({"prompt": prompt, "output": tokenizer.decode(new), "tokens": new, "seconds": seconds})
+    return records
+
+
+def predict(cfg, prompts=None):
+    """The predict run a RunConfig describes: ``prompts`` (else ``cfg.input_data``) -> records, written
+    one JSON line each to ``<output_dir>/predictions.jsonl`` (atomically; an earlier file is replaced:
+    the run owns its output_dir). Returns ``(records, path)``."""
+    prompts = read_prompts(cfg.input_data if prompts is None else prompts)
+    path = os.path.join(cfg.output_dir, PREDICTIONS_FILE)
+    inputs = [p for p in (cfg.load_checkpoint, cfg.adapter, cfg.input_data) if p]
+    _files.check_new_output(path, inputs, overwrite=True, what="predictions")
+    net, tokenizer, settings = load_predictor(cfg)
+    records = predict_prompts(net, tokenizer, settings, prompts, cfg.predict_batch_size)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with _files.atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return records, path
+
+
+def stream_generate(cfg, prompt, stream, max_new_tokens=None):
+    """Generate one prompt with the model a RunConfig names (its adapter, if any), writing the new text
+    to ``stream`` as it comes (:class:`TextStreamer`). Returns ``{"prompt_tokens", "new_tokens",
+    "compile_seconds", "first_token_seconds", "prompt_tokens_per_s", "generation_tokens_per_s", "tokens",
+    "output"}``: a two-token warm-up call of the same shape compiles the graphs first
+    (``compile_seconds``, which includes that call), so the prompt rate (over the time to the first token)
+    and the generation rate (over the tokens after it) are steady rates."""
+    prompt = read_prompts([prompt])[0]
+    net, tokenizer, settings = load_predictor(cfg)
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = _checks.check_positive_int("max_new_tokens", max_new_tokens)
+    ids = tokenizer.encode(prompt, add_bos=True)
+    eos = settings["eos_token_id"]
+    args = _generate_args(settings, [ids])
+    began = time.perf_counter()  # compile the graphs of these shapes first: the rates are then steady
+    try:
+        generate(net, [ids], streamer=_StopAfter(2), **dict(args, eos_token_id=None))
+    except _Stopped:
+        pass
+    compile_seconds = time.perf_counter() - began
+    streamer = TextStreamer(tokenizer, stream, eos if isinstance(eos, (list, tuple)) else [eos])
+    generate(net, [ids], streamer=streamer, **args)
+    after_first = streamer.seconds - streamer.first_token_seconds
+    return {"prompt_tokens": len(ids), "new_tokens": len(streamer.tokens), "compile_seconds": compile_seconds,
+            "first_token_seconds": streamer.first_token_seconds,
+            "prompt_tokens_per_s": len(ids) / streamer.first_token_seconds,
+            "generation_tokens_per_s": (len(streamer.tokens) - 1) / after_first if after_first > 0 else 0.0,
+            "tokens": streamer.tokens, "output": streamer.text}
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _StopAfter:
+    """A streamer that ends a generate() call after ``count`` tokens (same shapes, fewer steps)."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def put(self, tokens):  # pylint: disable=unused-argument
+        self.count -= 1
+        if self.count <= 0:
+            raise _Stopped()
+
+    def end(self):
+        pass
+
+
+class TextStreamer:
+    """A ``generate`` streamer for one row: writes the new text to ``stream`` as the tokens come (the
+    whole new text is decoded each step and only what is new is written, so a multi-byte character
+    split over tokens comes out whole), and times them: ``first_token_seconds`` (the prefill and the
+    first choice), ``tokens``, ``seconds``."""
+
+    def __init__(self, tokenizer, stream, eos_ids=()):
+        self.tokenizer = tokenizer
+        self.stream = stream
+        self.eos_ids = set(eos_ids)
+        self.tokens = []
+        self.text = ""
+        self.started = time.perf_counter()
+        self.first_token_seconds = None
+        self.seconds = None
+        self.done = False
+
+    def put(self, tokens):
+        if self.first_token_seconds is None:
+            self.first_token_seconds = time.perf_counter() - self.started
+        token = int(tokens[0])
+        if self.done:
+            return
+        self.tokens.append(token)
+        if token in self.eos_ids:
+            self.done = True
+            return
+        text = self.tokenizer.decode([t for t in self.tokens if t not in self.eos_ids])
+        if text.endswith("\ufffd"):  # an incomplete character: wait for its next byte
+            return
+        self.stream.write(text[len(self.text):])
+        self.stream.flush()
+        self.text = text
+
+    def end(self):
+        self.seconds = time.perf_counter() - self.started
+        text = self.tokenizer.decode([t for t in self.tokens if t not in self.eos_ids])
+        self.stream.write(text[len(self.text):] + "\n")
+        self.stream.flush()
+        self.text = text

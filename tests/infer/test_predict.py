@@ -1,0 +1,141 @@
+"""Predict mode and `mindpet-lite generate`: a tiny run trained for a few steps, then its predictions
+against calling generate() directly on a model built by hand (base + LoRA + adapter)."""
+import io
+import json
+import os
+
+import pytest
+
+import mindspore as ms
+
+from mindpet_lite.adapters import load_adapter
+from mindpet_lite.cli import main as cli_main
+from mindpet_lite.data import ByteTokenizer
+from mindpet_lite.infer import generation_settings, read_prompts
+from mindpet_lite.infer.predict import TextStreamer
+from mindpet_lite.models import LlamaForCausalLM
+from mindpet_lite.models.generation import generate
+from mindpet_lite.pet import get_pet_model
+from mindpet_lite.run import main as run_main
+from mindpet_lite.train import load_base_checkpoint
+from tests.train import tiny
+
+PROMPTS = ["rev abcd =", "rev pon =", "rev ab =", "rev hgfe ="]
+PET = dict(pet_type="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=".*wq|.*wv")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(base, adapter) after 3 steps of the tiny run."""
+    folder = str(tmp_path_factory.mktemp("predict"))
+    base = tiny.make_base(os.path.join(folder, "base.ckpt"))
+    data = tiny.make_data(folder, rows=16)
+    out = os.path.join(folder, "run")
+    assert run_main(tiny.flags(base, data, out, "--max_steps", "3")) == 0
+    return base, os.path.join(out, "adapter.ckpt")
+
+
+def _by_hand(base, adapter):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = LlamaForCausalLM(dict(tiny.MODEL))
+    load_base_checkpoint(net, base)
+    get_pet_model(net, PET)
+    load_adapter(net, adapter)
+    return net
+
+
+def _predict_argv(base, adapter, out, data, *extra):
+    return ["--config", tiny.TINY_YAML, "--run_mode", "predict", "--predict_data", data, "--load_checkpoint", base,
+            "--adapter", adapter, "--output_dir", out, *extra]
+
+
+def _read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("use_past", ["True", "False"])
+def test_predict_writes_jsonl_with_the_tokens_of_generate(trained, tmp_path, capsys, use_past):
+    base, adapter = trained
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = str(tmp_path / "out")
+    argv = _predict_argv(base, adapter, out, str(prompts), "--predict_batch_size", "3",
+                         "--model.model_config.use_past", use_past)
+    assert run_main(argv) == 0
+    records = _read_jsonl(os.path.join(out, "predictions.jsonl"))
+    assert [r["prompt"] for r in records] == PROMPTS
+    assert all(set(r) == {"prompt", "output", "tokens", "seconds"} for r in records)
+    printed = capsys.readouterr().out
+    assert all(r["output"] in printed for r in records) and "predictions.jsonl" in printed
+
+    net = _by_hand(base, adapter)
+    tok = ByteTokenizer()
+    for record in records:
+        ids = tok.encode(record["prompt"], add_bos=True)
+        seq = generate(net, ids, 16 - len(ids), eos_token_id=tok.eos_id)[0]
+        new = seq[len(ids):]
+        if new and new[-1] == tok.eos_id:
+            new = new[:-1]
+        assert record["tokens"] == new and record["output"] == tok.decode(new)
+
+
+def test_predict_one_text_prompt_and_base_alone(trained, tmp_path):
+    base, adapter = trained
+    out = str(tmp_path / "out")
+    assert run_main(_predict_argv(base, adapter, out, "rev abcd =")) == 0
+    assert [r["prompt"] for r in _read_jsonl(os.path.join(out, "predictions.jsonl"))] == ["rev abcd ="]
+    argv = ["--config", tiny.TINY_YAML, "--run_mode", "predict", "--predict_data", "rev abcd =",
+            "--load_checkpoint", base, "--output_dir", str(tmp_path / "base_only")]
+    assert run_main(argv) == 0
+
+
+def test_predict_bad_inputs_are_exit_status_2(trained, tmp_path, capsys):
+    base, adapter = trained
+    out = str(tmp_path / "out")
+    argv = ["--config", tiny.TINY_YAML, "--run_mode", "predict", "--load_checkpoint", base, "--output_dir", out]
+    assert run_main(argv) == 2
+    assert "input_data (--predict_data) must be" in capsys.readouterr().err
+    assert run_main(_predict_argv(base, str(tmp_path / "none.ckpt"), out, "x")) == 2
+    assert "adapter: no such file" in capsys.readouterr().err
+    assert run_main(_predict_argv(base, adapter, out, "x", "--model.model_config.top_p", "1.5")) == 2
+    assert "model_config.top_p must be a number > 0 and <= 1, got 1.5" in capsys.readouterr().err
+
+
+def test_generate_command_streams_and_reports_rates(trained, tmp_path, capsys):
+    base, adapter = trained
+    argv = ["generate", "--config", tiny.TINY_YAML, "--load_checkpoint", base, "--adapter", adapter,
+            "--prompt", "rev abcd ="]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("rev abcd =") and "tokens/s" in printed
+    out = str(tmp_path / "out")
+    assert run_main(_predict_argv(base, adapter, out, "rev abcd =")) == 0
+    record = _read_jsonl(os.path.join(out, "predictions.jsonl"))[0]
+    assert printed.startswith("rev abcd =" + record["output"] + "\n")
+
+
+def test_read_prompts_and_settings(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "a b"}) + "\n" + json.dumps("c") + "\n")
+    assert read_prompts(str(jsonl)) == ["a b", "c"]
+    assert read_prompts("just text") == ["just text"]
+    with pytest.raises(ValueError, match="input_data"):
+        read_prompts("")
+    tok = ByteTokenizer()
+    settings = generation_settings({"top_k": 3, "max_decode_length": 99, "do_sample": "True"}, tok, 16)
+    assert settings["top_k"] == 3 and settings["max_length"] == 16 and settings["do_sample"] is True
+    assert settings["eos_token_id"] == tok.eos_id
+    with pytest.raises(ValueError, match="model_config.top_k must be an int >= 0, got -1"):
+        generation_settings({"top_k": -1}, tok, 16)
+
+
+def test_text_streamer_writes_whole_characters():
+    tok = ByteTokenizer()
+    stream = io.StringIO()
+    streamer = TextStreamer(tok, stream, [tok.eos_id])
+    for token in tok.encode("hé!") + [tok.eos_id, 0]:
+        streamer.put([token])
+        assert "\ufffd" not in stream.getvalue()
+    streamer.end()
+    assert stream.getvalue() == "hé!\n" and streamer.text == "hé!"
