@@ -14,7 +14,8 @@ peft = pytest.importorskip("peft")
 from mindpet_lite.adapters import (export_peft, hf_to_mindspore, import_peft, load_adapter,  # noqa: E402
                                    mindspore_to_hf, save_adapter)
 from mindpet_lite.adapters.convert import hf_config_to_llama, llama_config_to_hf  # noqa: E402
-from tests.adapters.conftest import ALL_TARGETS, numpy_params, tiny_llama  # noqa: E402
+from mindpet_lite.models.generation import generate  # noqa: E402
+from tests.adapters.conftest import ALL_TARGETS, numpy_params, randomize, tiny_llama  # noqa: E402
 
 TOL = 1e-4
 
@@ -49,6 +50,17 @@ def _train(net, steps=4, lr=1e-2):
     return losses
 
 
+def _export_to_hf(net, tmp_path):
+    """The net's adapter exported to PEFT (tmp_path/peft), its base converted to HF (tmp_path/hf) ->
+    (base numpy params, the HF LlamaForCausalLM of the base, float32)."""
+    adapter = str(tmp_path / "adapter.safetensors")
+    save_adapter(net, adapter)
+    export_peft(adapter, str(tmp_path / "peft"))
+    base = {k: v for k, v in numpy_params(net).items() if "mindpet_delta_lora" not in k}
+    mindspore_to_hf(base, str(tmp_path / "hf"), config=net.config)
+    return base, transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+
+
 def test_mindspore_lora_runs_in_peft(tmp_path):
     net = tiny_llama(seed=0, rank=4, alpha=8, targets=ALL_TARGETS)
     losses = _train(net)
@@ -58,13 +70,7 @@ def test_mindspore_lora_runs_in_peft(tmp_path):
     ids = _ids()
     ms_logits = net(Tensor(ids)).asnumpy()
 
-    adapter = str(tmp_path / "adapter.safetensors")
-    save_adapter(net, adapter)
-    export_peft(adapter, str(tmp_path / "peft"))
-    base = {k: v for k, v in numpy_params(net).items() if "mindpet_delta_lora" not in k}
-    mindspore_to_hf(base, str(tmp_path / "hf"), config=net.config)
-
-    hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    base, hf = _export_to_hf(net, tmp_path)
     # the converted base alone: same logits as the MindSpore base (no q/k permutation needed)
     ms_base = tiny_llama(seed=0, lora=False)
     for name, p in ms_base.parameters_and_names():
@@ -119,3 +125,42 @@ def test_peft_lora_runs_in_mindspore(tmp_path):
     print(f"\nPEFT LoRA (rsLoRA, modules_to_save lm_head) -> MindSpore: logits diff {diff:.2e}")
     assert diff <= TOL
     assert llama_config_to_hf(net.config)["num_key_value_heads"] == 2
+
+
+# prompts of different lengths (a batch HF pads on the left, mindpet_lite on the right)
+GEN_PROMPTS = [[1, 17, 42, 99, 5, 63, 7], [1, 88, 3], [1, 120, 64, 31, 9]]
+GEN_NEW = 8
+
+
+def _hf_generate(model, prompts, new_tokens):
+    """transformers' greedy generate on a left-padded batch -> each row's prompt + new tokens (pads removed)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p)
+        mask[b, width - len(p):] = 1
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=0)
+    return [out[b, width - len(p):].tolist() for b, p in enumerate(prompts)]
+
+
+def test_mindspore_lora_generates_the_same_greedy_tokens_in_peft(tmp_path):
+    """Greedy generate (KV cache) of a padded batch of three prompt lengths: row by row the same tokens as
+    transformers + PEFT generate (left-padded batch, and each prompt alone)."""
+    net = randomize(tiny_llama(seed=0, rank=4, alpha=8, targets=ALL_TARGETS), seed=2, scale=0.1)
+    ms_batch = generate(net, GEN_PROMPTS, GEN_NEW, do_sample=False, use_past=True)
+
+    _, hf = _export_to_hf(net, tmp_path)
+    hf.generation_config.eos_token_id = None  # no early stop: every row gets GEN_NEW tokens, as above
+    model = peft.PeftModel.from_pretrained(hf, str(tmp_path / "peft"))
+    hf_batch = _hf_generate(model, GEN_PROMPTS, GEN_NEW)
+    for b, prompt in enumerate(GEN_PROMPTS):
+        assert len(ms_batch[b]) == len(prompt) + GEN_NEW
+        assert hf_batch[b] == ms_batch[b], f"row {b}: PEFT {hf_batch[b]} vs mindpet_lite {ms_batch[b]}"
+        assert _hf_generate(model, [prompt], GEN_NEW)[0] == ms_batch[b]
+    with model.disable_adapter():  # the adapter matters: the base alone continues differently
+        base_tokens = _hf_generate(model, GEN_PROMPTS, GEN_NEW)
+    assert base_tokens != hf_batch
