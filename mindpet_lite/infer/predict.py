@@ -7,7 +7,12 @@ One straight line, each step a function: :func:`read_prompts` (``input_data`` / 
 text itself, or a file of prompts), :func:`load_predictor` (RunConfig -> the built model with its base
 weights and adapter, the tokenizer, the generation settings of ``model_config``), :func:`predict_prompts`
 (batches of ``predict_batch_size`` through ``models.generation.generate``) and :func:`predict` (the
-whole run: writes ``<output_dir>/predictions.jsonl`` atomically, returns the records).
+whole run: writes ``<output_dir>/predictions.jsonl`` atomically, returns the records). Under msrun
+(``--use_parallel True``) the prompts are sharded across the workers, rank ``r`` taking ``r::R``, and
+rank 0 writes them back in input order (gathered through one file a rank in ``output_dir``):
+
+    bash scripts/msrun_launcher.sh "python -m mindpet_lite.run --config RUN.yaml --run_mode predict \
+        --predict_data FILE --load_checkpoint BASE --adapter ADAPTER --use_parallel True" 2
 
 Generation settings come from ``model_config`` (MindFormers' keys): ``use_past``, ``do_sample``,
 ``top_k``, ``top_p``, ``temperature``, ``repetition_penalty``, ``max_decode_length`` (prompt + new
@@ -16,6 +21,7 @@ tokens, MindFormers' meaning) or ``max_new_tokens`` (wins when both are given), 
 ``processor.tokenizer.vocab_file`` names (a SentencePiece ``.model``), else the built-in byte tokenizer,
 the one the demo data is made with. Prompts are encoded as the data converter encodes them: bos first.
 """
+import glob
 import json
 import logging
 import os
@@ -29,6 +35,7 @@ from mindpet_lite.data import load_tokenizer
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from mindpet_lite.train.job import build_model, load_base_checkpoint
+from mindpet_lite.train.parallel import init_parallel, msrun_env
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ __all__ = ["read_prompts", "generation_settings", "load_predictor", "predict_pro
            "stream_generate", "TextStreamer", "PREDICTIONS_FILE"]
 
 PREDICTIONS_FILE = "predictions.jsonl"
+RANK_FILE = "predictions.rank_{rank}.json"  # under msrun: one rank's share, read by rank 0
 
 
 def read_prompts(predict_data):
@@ -108,13 +116,14 @@ def _tokenizer_spec(cfg):
     return vocab if vocab else "byte"
 
 
-def load_predictor(cfg, adapter=None):
+def load_predictor(cfg, adapter=None, sharded=False):
     """(net, tokenizer, settings) for a RunConfig: the model it names with its base checkpoint, the
     adapter (``adapter``, else ``cfg.adapter``; none: the base alone) loaded onto LoRA cells built from
-    its pet_config, in eval mode; the tokenizer; :func:`generation_settings`."""
-    if cfg.use_parallel:
-        raise NotImplementedError("run_mode predict runs in one process here (use_parallel must be False): "
-                                  "sharding the prompts across msrun workers is not implemented yet")
+    its pet_config, in eval mode; the tokenizer; :func:`generation_settings`. ``sharded``: called by
+    :func:`predict` after :func:`~mindpet_lite.train.parallel.init_parallel` (which set the device)."""
+    if cfg.use_parallel and not sharded:
+        raise NotImplementedError("generating one prompt runs in one process (use_parallel must be False, "
+                                  "got True); run_mode predict shards its prompts across msrun workers")
     if cfg.backend != "builtin":
         raise NotImplementedError("run_mode predict needs the built-in Llama (model.arch.type LlamaForCausalLM "
                                   f"on CPU / without mindformers), got backend {cfg.backend!r}")
@@ -123,7 +132,8 @@ def load_predictor(cfg, adapter=None):
         _files.check_input_file(adapter, "adapter")
     tokenizer = load_tokenizer(_tokenizer_spec(cfg))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
-    ms.set_device(cfg.device_target)
+    if not sharded:
+        ms.set_device(cfg.device_target)
     ms.set_seed(cfg.seed)
     net = build_model(cfg)
     if net.config.vocab_size < tokenizer.vocab_size:
@@ -184,19 +194,71 @@ def predict_prompts(net, tokenizer, settings, prompts, batch_size=1):
 def predict(cfg, prompts=None):
     """The predict run a RunConfig describes: ``prompts`` (else ``cfg.input_data``) -> records, written
     one JSON line each to ``<output_dir>/predictions.jsonl`` (atomically; an earlier file is replaced:
-    the run owns its output_dir). Returns ``(records, path)``."""
+    the run owns its output_dir). Returns ``(records, path)``.
+
+    Under msrun (``use_parallel: True``, see :mod:`mindpet_lite.train.parallel`) rank ``r`` of ``R``
+    generates prompts ``r::R`` (in batches of ``predict_batch_size``) and writes them to
+    ``<output_dir>/predictions.rank_<r>.json``; rank 0 waits for every rank's file, writes all records
+    in input order to predictions.jsonl, removes the rank files and returns ``(records, path)``; the
+    other ranks return their own share and their file. Greedy outputs equal the single-process ones
+    (a prompt's tokens do not depend on its batch); with ``do_sample`` the draws depend on the batches.
+    Stale rank files are removed before ``communication.init()``, which returns in no worker before
+    every worker has called it, so a rank file rank 0 sees was written by this job."""
     prompts = read_prompts(cfg.input_data if prompts is None else prompts)
     path = os.path.join(cfg.output_dir, PREDICTIONS_FILE)
     inputs = [p for p in (cfg.load_checkpoint, cfg.adapter, cfg.input_data) if p]
     _files.check_new_output(path, inputs, overwrite=True, what="predictions")
-    net, tokenizer, settings = load_predictor(cfg)
-    records = predict_prompts(net, tokenizer, settings, prompts, cfg.predict_batch_size)
+    rank, size = 0, 1
+    if cfg.use_parallel or msrun_env() is not None:  # use_parallel False under msrun: init_parallel says so
+        for stale in glob.glob(os.path.join(cfg.output_dir, RANK_FILE.format(rank="*"))):
+            os.remove(stale)
+        rank, size = init_parallel(cfg.device_target, cfg.use_parallel, None, device_id=cfg.device_id)
+        ms.reset_auto_parallel_context()  # inference graphs: no data-parallel gradient reduction to insert
+    net, tokenizer, settings = load_predictor(cfg, sharded=cfg.use_parallel)
+    indices = list(range(rank, len(prompts), size))
+    records = predict_prompts(net, tokenizer, settings, [prompts[i] for i in indices], cfg.predict_batch_size)
     os.makedirs(cfg.output_dir, exist_ok=True)
+    if size > 1:
+        part = os.path.join(cfg.output_dir, RANK_FILE.format(rank=rank))
+        with _files.atomic_write(part) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"rank": rank, "rank_size": size, "indices": indices, "records": records}, f,
+                          ensure_ascii=False)
+        if rank != 0:
+            return records, part
+        records = _gather_ranks(cfg.output_dir, size, len(prompts))
     with _files.atomic_write(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return records, path
+
+
+def _gather_ranks(folder, size, count, timeout=None, poll=0.2):
+    """Rank 0: the records of every rank's file (waiting for them; ``timeout`` seconds, default msrun's
+    cluster time-out or 7200), back in input order; the rank files are removed."""
+    env = msrun_env()
+    timeout = timeout or (env.topo_timeout if env and env.topo_timeout and env.topo_timeout > 0 else 7200)
+    files = [os.path.join(folder, RANK_FILE.format(rank=r)) for r in range(size)]
+    deadline = time.monotonic() + timeout
+    while not all(os.path.isfile(f) for f in files):
+        if time.monotonic() > deadline:
+            missing = [r for r, f in enumerate(files) if not os.path.isfile(f)]
+            raise TimeoutError(f"predict: rank(s) {missing} wrote no {RANK_FILE.format(rank='<r>')} in {folder} "
+                               f"within {timeout} s (see their worker logs)")
+        time.sleep(poll)
+    records = [None] * count
+    for r, name in enumerate(files):
+        with open(name, encoding="utf-8") as f:
+            part = json.load(f)
+        if part["rank_size"] != size or part["indices"] != list(range(r, count, size)):
+            raise ValueError(f"{name}: rank_size {part['rank_size']} / prompts {part['indices']} do not match "
+                             f"rank {r} of {size} over {count} prompts (another job writing to {folder}?)")
+        for i, record in zip(part["indices"], part["records"]):
+            records[i] = record
+    for name in files:
+        os.remove(name)
+    return records
 
 
 def stream_generate(cfg, prompt, stream, max_new_tokens=None):

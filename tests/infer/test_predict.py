@@ -139,3 +139,28 @@ def test_text_streamer_writes_whole_characters():
         assert "\ufffd" not in stream.getvalue()
     streamer.end()
     assert stream.getvalue() == "hé!\n" and streamer.text == "hé!"
+
+
+def test_predict_under_msrun_two_workers_equals_one_process(trained, tmp_path):
+    """2 msrun workers (CPU): rank r generates prompts r::2, rank 0 writes them back in input order."""
+    import shlex
+    from tests.train.test_distributed import _launch
+    base, adapter = trained
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS + ["rev lkji =", "rev m ="]) + "\n")  # 6 prompts, 3 per rank
+    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
+    os.makedirs(dist)
+    (tmp_path / "dist" / "predictions.rank_1.json").write_text("{}")  # stale: from an earlier job
+    argv = _predict_argv(base, adapter, single, str(prompts), "--predict_batch_size", "2")
+    assert run_main(argv) == 0
+    argv = _predict_argv(base, adapter, dist, str(prompts), "--predict_batch_size", "2", "--use_parallel", "True")
+    proc, took = _launch("python -m mindpet_lite.run " + " ".join(shlex.quote(a) for a in argv), 2,
+                         tmp_path / "logs", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"2 workers: {took:.1f} s")
+    one, two = _read_jsonl(os.path.join(single, "predictions.jsonl")), _read_jsonl(os.path.join(dist, "predictions.jsonl"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(two) == strip(one) and len(one) == 6
+    assert sorted(os.listdir(dist)) == ["predictions.jsonl"]  # the rank files are gone
+    worker1 = (tmp_path / "logs" / "worker_1.log").read_text()  # rank 1 did prompts 1, 3, 5
+    assert "rev pon =" in worker1 and "rev m =" in worker1 and "rev lkji" not in worker1
