@@ -14,12 +14,19 @@ first call of each variant compiles its graphs (reported as compile time: first 
 call); then `--rounds` rounds call each variant once, in a rotated order (benchmarks/_common.py), and
 a ratio is the median of per-round ratios [inter-quartile range]. A streamer times the first token
 (prefill + first choice) and the decode rate over the tokens after it.
+
+With torch, transformers and peft installed (``--no-torch`` leaves it out) a fourth variant, `torch`,
+runs in the same rounds: the same weights converted to Hugging Face Llama (``mindspore_to_hf``) with the
+adapter exported to PEFT (``export_peft``, unmerged), transformers' ``generate`` with its KV cache, greedy,
+the same prompts and token count, ``--threads`` torch threads; its first token and decode rate are timed
+by the same kind of streamer (transformers calls ``put`` with the prompt first, then each new token).
 """
 import argparse
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +82,50 @@ def build(seed=0):
     return net
 
 
+class _TorchClock(_Clock):
+    """A transformers streamer: its first put() is the prompt, not a new token."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompt_seen = False
+
+    def put(self, tokens):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        super().put(tokens)
+
+
+def torch_variant(net, threads, folder):
+    """(call(prompts, new) -> clock, sequences) running transformers + PEFT generate on ``net``'s weights."""
+    # pylint: disable=import-outside-toplevel
+    import torch
+    import transformers
+    import peft
+    from mindpet_lite.adapters import export_peft, mindspore_to_hf, save_adapter
+
+    torch.set_num_threads(threads)
+    adapter = os.path.join(folder, "adapter.safetensors")
+    save_adapter(net, adapter)
+    export_peft(adapter, os.path.join(folder, "peft"))
+    base = {k: p.asnumpy() for k, p in net.parameters_and_names() if "mindpet_delta_lora" not in k}
+    mindspore_to_hf(base, os.path.join(folder, "hf"), config=net.config)
+    hf = transformers.LlamaForCausalLM.from_pretrained(os.path.join(folder, "hf"), dtype=torch.float32)
+    hf.generation_config.eos_token_id = None
+    model = peft.PeftModel.from_pretrained(hf, os.path.join(folder, "peft")).eval()
+
+    def call(prompts, new):
+        clock = _TorchClock()
+        c0 = time.process_time()
+        ids = torch.tensor(prompts, dtype=torch.long)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                 min_new_tokens=new, do_sample=False, pad_token_id=0, streamer=clock)
+        clock.cpu = time.process_time() - c0
+        return clock, out.tolist()
+    return call
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", type=int, default=64)
@@ -82,6 +133,8 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-torch", dest="torch", action="store_false",
+                        help="leave out the transformers + PEFT generate comparison")
     args = parser.parse_args()
     C.setup(args.threads)
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -98,7 +151,18 @@ def main():
     rng = np.random.default_rng(1)
     prompts = rng.integers(3, MODEL["vocab_size"], (args.batch, args.prompt)).tolist()
 
+    if args.torch:
+        try:
+            folder = tempfile.mkdtemp(prefix="bench_generate_")
+            nets["torch"] = torch_variant(nets["cache"], args.threads, folder)
+        except ImportError as err:
+            print(f"# no torch comparison: {err}")
+
     def call(name):
+        if name == "torch":
+            clock, seqs = nets["torch"](prompts, args.new)
+            assert all(len(s) == args.prompt + args.new for s in seqs)
+            return clock, seqs
         clock = _Clock()
         c0 = time.process_time()
         seqs = generate(nets[name], prompts, args.new, use_past=use_past[name], streamer=clock)
@@ -112,6 +176,7 @@ def main():
         first[name] = clock.total
     same = outputs["cache"] == outputs["recompute"]
     same_merged = outputs["cache"] == outputs["cache merged"]
+    same_torch = outputs.get("torch") == outputs["cache"]
 
     runs = {name: [] for name in nets}
     names = list(nets)
@@ -143,10 +208,19 @@ def main():
         ["merged / unmerged decode time (= unmerged / merged tokens/s)", *ratio("cache merged", "cache", decode_time)],
         ["merged / unmerged, whole call (CPU time)", *ratio("cache merged", "cache", cpu_time)],
     ]
+    if "torch" in nets:
+        first_token = lambda c: c.first  # noqa: E731
+        ratios += [
+            ["torch / cache decode time (= mindpet_lite / torch decode tokens/s)", *ratio("torch", "cache", decode_time)],
+            ["torch / cache first token (= mindpet_lite / torch prefill tokens/s)",
+             *ratio("torch", "cache", first_token)],
+            ["torch / cache, whole call (CPU time)", *ratio("torch", "cache", cpu_time)],
+        ]
     print()
     print(C.table(["ratio (median of per-round ratios)", "median", "q1", "q3"], ratios))
     print()
-    print(f"same greedy tokens: cache == recompute {same}, cache == cache merged {same_merged}")
+    print(f"same greedy tokens: cache == recompute {same}, cache == cache merged {same_merged}"
+          + (f", cache == torch {same_torch}" if "torch" in nets else ""))
 
 
 if __name__ == "__main__":
