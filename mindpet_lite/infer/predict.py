@@ -33,7 +33,7 @@ from mindpet_lite.train.job import build_model, load_base_checkpoint
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_prompts", "generation_settings", "load_predictor", "predict_prompts", "predict",
-           "stream_generate", "TextStreamer", "PREDICTIONS_FILE"]
+           "stream_generate", "TextStreamer", "PREDICTIONS_FILE", "write_predictions"]
 
 PREDICTIONS_FILE = "predictions.jsonl"
 
@@ -191,12 +191,17 @@ def predict(cfg, prompts=None):
     _files.check_new_output(path, inputs, overwrite=True, what="predictions")
     net, tokenizer, settings = load_predictor(cfg)
     records = predict_prompts(net, tokenizer, settings, prompts, cfg.predict_batch_size)
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    return records, write_predictions(records, path)
+
+
+def write_predictions(records, path):
+    """One JSON line a record at ``path``, atomically (through ``_files``); makes the folder; returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with _files.atomic_write(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return records, path
+    return path
 
 
 def stream_generate(cfg, prompt, stream, max_new_tokens=None):
