@@ -39,6 +39,28 @@ def _predict(cfg):
     print(f"wrote {path} ({len(records)} predictions)", flush=True)
 
 
+def _after_train(cfg):
+    """predict_after_train (with eval_dataset): a hook answering the held-out prompts with the trained
+    network, printing three and the share of exact answers; else None."""
+    if not cfg.predict_after_train:
+        return None
+    from mindpet_lite.infer import answer_held_out, check_held_out_run  # pylint: disable=import-outside-toplevel
+    check_held_out_run(cfg)
+
+    def hook(net):
+        result = answer_held_out(cfg, net)
+        records = result.pop("records")
+        print("held-out reviews, answered by the trained model (greedy):", flush=True)
+        for record in records[:3]:
+            mark = "ok" if record["exact"] else "WRONG"
+            print(f"  {record['prompt']}{record['output']}    [reference: {record['reference']}, {mark}]", flush=True)
+        exact = sum(r["exact"] for r in records)
+        print(f"  generated answers exact: {exact}/{len(records)} ({result['exact_match']:.1%}) in "
+              f"{result['seconds']:.1f} s; all in {result['predictions']}", flush=True)
+        return result
+    return hook
+
+
 def run(args, extra=None):
     """Fine-tune (or predict) as the parsed flags (and extra ``--section.key value`` pairs) say; returns
     the exit status."""
@@ -48,7 +70,7 @@ def run(args, extra=None):
         if cfg.run_mode == "predict":
             _predict(cfg)
         else:
-            finetune(cfg)
+            finetune(cfg, _after_train(cfg))
     except Exception as err:  # pylint: disable=broad-except  # turned into the exit status
         status = _checks.exit_status(err)
         logging.getLogger("mindpet_lite.run").error("%s: %s", type(err).__name__, err,

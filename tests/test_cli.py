@@ -47,7 +47,7 @@ def test_subcommand_real_errors(tmp_path, capsys):
 @pytest.mark.parametrize("error, status", [(ValueError("bad"), 2), (NotImplementedError("no"), 2),
                                            (RuntimeError("worker failed"), 1), (OSError("disk"), 1)])
 def test_run_module_exit_status(monkeypatch, capsys, error, status):
-    def fail(config):
+    def fail(config, after_train=None):  # pylint: disable=unused-argument
         raise error
     monkeypatch.setattr(mindpet_lite.train, "finetune", fail)
     assert run_main(["--config", TINY_YAML]) == status

@@ -40,7 +40,7 @@ from mindpet_lite.train.parallel import init_parallel, msrun_env
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_prompts", "generation_settings", "load_predictor", "predict_prompts", "predict",
-           "stream_generate", "TextStreamer", "PREDICTIONS_FILE"]
+           "stream_generate", "TextStreamer", "PREDICTIONS_FILE", "write_predictions"]
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RANK_FILE = "predictions.rank_{rank}.json"  # under msrun: one rank's share, read by rank 0
@@ -227,11 +227,17 @@ def predict(cfg, prompts=None):
         if rank != 0:
             return records, part
         records = _gather_ranks(cfg.output_dir, size, len(prompts))
+    return records, write_predictions(records, path)
+
+
+def write_predictions(records, path):
+    """One JSON line a record at ``path``, atomically (through ``_files``); makes the folder; returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with _files.atomic_write(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return records, path
+    return path
 
 
 def _gather_ranks(folder, size, count, timeout=None, poll=0.2):

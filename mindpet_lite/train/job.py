@@ -209,8 +209,12 @@ def _adapter_digest(net):
     return digest.hexdigest()
 
 
-def finetune(run_config):
+def finetune(run_config, after_train=None):
     """Run the LoRA fine-tuning job a RunConfig describes; returns its summary dict.
+
+    ``after_train(net)``, if given, is called on rank 0 with the trained network once the adapter is
+    saved (``run.py`` answers the held-out prompts with it: ``predict_after_train``); what it returns
+    is ``summary['after_train']``.
 
     Every input is checked before the first step: the datasets (path, columns, row length, rows per
     worker), the base checkpoint (missing / mis-shaped parameters), the pet_config (its targets), the
@@ -321,13 +325,14 @@ def finetune(run_config):
     adapter_path = os.path.join(cfg.output_dir, f"adapter.{cfg.checkpoint_format}")
     if rank_id == 0:
         save_adapter(net, adapter_path, config=net.pet_config, overwrite=True)  # the run owns output_dir
+    answered = after_train(net) if after_train is not None and rank_id == 0 else None
     summary = {"config": cfg.summary(), "steps": trainer.step, "total_steps": total, "stop_step": stop,
                "rank_size": rank_size, "trainable": share["trainable"], "total_params": share["total"],
                "trainable_percent": share["percent"], "base_checkpoint": base["files"],
                "adapter": adapter_path, "eval_before": state.evals[0] if state.evals else None,
                "eval_after": after, "evals": state.evals, "final_loss": state.history[-1]["loss"] if state.history else None,
                "train_seconds": round(state.elapsed, 2), "wall_seconds": round(time.perf_counter() - wall_start, 2),
-               "resumed_from_step": int(resume[0]["step"]) if resume else None}
+               "resumed_from_step": int(resume[0]["step"]) if resume else None, "after_train": answered}
     _files.write_json(os.path.join(cfg.output_dir, "ranks", f"rank_{rank_id}.json"),
                 {"rank_id": rank_id, "rank_size": rank_size, "steps": trainer.step,
                  "adapter_sha256": _adapter_digest(net),

@@ -169,7 +169,7 @@ class RunConfig(_RunSettings):
                 "optimizer": self.optimizer.yaml_type, "lr_schedule": self.lr_schedule.yaml_type,
                 "learning_rate": self.lr_schedule.learning_rate, "use_parallel": self.use_parallel,
                 "data_parallel": self.data_parallel, "device_target": self.device_target, "recompute": self.recompute,
-                "do_eval": self.do_eval,
+                "do_eval": self.do_eval, "predict_after_train": self.predict_after_train,
                 "backend": self.backend, "pet_config": self.pet_config.to_dict() if self.pet_config else None}
 
 
@@ -288,6 +288,9 @@ class _Parser:
         if cfg.do_eval and cfg.eval_dataset is None:
             raise ValueError("do_eval is True but eval_dataset.data_loader.dataset_dir is not set "
                              "(set it, or pass --eval_dataset_dir)")
+        if cfg.predict_after_train and cfg.eval_dataset is None:
+            raise ValueError("predict_after_train is True but eval_dataset.data_loader.dataset_dir is not set: "
+                             "the held-out prompts come from it (set it, or pass --eval_dataset_dir)")
         if cfg.do_eval and cfg.eval_step_interval <= 0 and cfg.eval_epoch_interval <= 0:
             raise ValueError(f"do_eval is True but eval_step_interval ({cfg.eval_step_interval}) and "
                              f"eval_epoch_interval ({cfg.eval_epoch_interval}) are both <= 0: set one > 0")

@@ -206,6 +206,9 @@ TOP = Section("", keys=(
         "continue from the latest checkpoint in output_dir (True), or from the given checkpoint directory / "
         "state file", flag="resume_training", flag_aliases=("resume",), attr="resume"),
     Key("seed", "int", 0, "seed of MindSpore, numpy and the data shuffle", minimum=0, flag="seed"),
+    Key("predict_after_train", "bool", False, "after training, rank 0 answers every eval_dataset prompt "
+        "greedily (generate; KV cache with model_config.use_past), prints three and writes "
+        "<output_dir>/predictions.jsonl"),
     Key("do_eval", "bool", False, "score eval_dataset during training too (it is always scored before and "
         "after training when set)"),
     Key("eval_step_interval", "int", 100, "with do_eval: score every this many optimizer steps; <= 0 turns "
