@@ -72,11 +72,11 @@ def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
         _checks.check_lora_alpha("lora_alpha", lora_alpha)
         _checks.check_bool("use_rslora", use_rslora)
         return lambda rank: lora_scaling(lora_alpha, rank, use_rslora)
-    s = _meta.adapter_scaling(meta)
+    config = _meta.lora_config(meta)  # read once: its scaling and rank
+    s = config.scaling if config is not None else _meta.adapter_scaling(meta)
     if s is None:
         raise ValueError("the adapter carries no metadata giving its scaling (MindFormers / mcore files hold no "
                          "lora_alpha): pass scaling= (lora_alpha / lora_rank) explicitly")
-    config = _meta.lora_config(meta)
     cfg_rank = config.lora_rank if config is not None else None
 
     def from_meta(rank):

@@ -21,7 +21,7 @@ from mindspore.mindrecord import FileReader
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.data import load_tokenizer
-from mindpet_lite.infer.predict import PREDICTIONS_FILE, _tokenizer_spec, generation_settings, write_predictions
+from mindpet_lite.infer.predict import PREDICTIONS_FILE, tokenizer_spec, generation_settings, write_predictions
 from mindpet_lite.models.generation import generate
 
 __all__ = ["held_out_examples", "predict_held_out", "answer_held_out",
@@ -46,7 +46,7 @@ def answer_held_out(cfg, net):
     ``<output_dir>/predictions.jsonl``. Returns ``{"predictions", "rows", "exact_match", "seconds",
     "records"}`` (``seconds``: the whole step, the graphs' compilation included)."""
     began = time.perf_counter()
-    tokenizer = load_tokenizer(_tokenizer_spec(cfg))
+    tokenizer = load_tokenizer(tokenizer_spec(cfg))
     settings = generation_settings(cfg.model_config, tokenizer, net.model.max_length, cfg.seed)
     ignore = cfg.llama_config.ignore_token_id if cfg.llama_config is not None else -100
     examples = held_out_examples(cfg.eval_dataset.dataset_dir, ignore)

@@ -106,7 +106,7 @@ def generation_settings(model_config, tokenizer, capacity, seed=0):
     return out
 
 
-def _tokenizer_spec(cfg):
+def tokenizer_spec(cfg):
     """processor.tokenizer.vocab_file of the run YAML, else 'byte'."""
     if not cfg.source or not os.path.isfile(cfg.source):
         return "byte"
@@ -130,7 +130,7 @@ def load_predictor(cfg, adapter=None, sharded=False):
     adapter = adapter or cfg.adapter
     if adapter:
         _files.check_input_file(adapter, "adapter")
-    tokenizer = load_tokenizer(_tokenizer_spec(cfg))
+    tokenizer = load_tokenizer(tokenizer_spec(cfg))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
     if not sharded:
         ms.set_device(cfg.device_target)
