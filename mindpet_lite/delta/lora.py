@@ -8,25 +8,25 @@ The layer knows no config and no file: `pet.get_pet_model` decides where it goes
 Two ways to compute the same function, chosen per call from the static shapes (benchmarks/README.md):
 
 - branch:  x·Wᵀ + ((x·Aᵀ)·s)·Bᵀ — the textbook form; right when there are few rows (decoding).
-- folded:  x·(W + (s·B)·A)ᵀ, with a hand-written backward that gives dx = dy·(W + s·B·A) and the LoRA
-  gradients through the narrow [N, r] products (dA = s·(dy·B)ᵀ·x, dB = s·dyᵀ·(x·Aᵀ)), so no [out, in]
-  weight gradient is formed for a frozen W. On CPU the branch's skinny [N, in]x[in, r] matmul, its
-  [N, out] add and their backward twins cost ~3–4% of the main matmul each; folding replaces them by
-  [out, in] element-wise work, which is cheaper whenever N is large next to in·out / (in + 4·out).
-  Used for float32 compute without dropout (folding in float16/bfloat16 would round s·B·A to W's ulp).
+- folded:  x·(W + (s·B)·A)ᵀ with the LoRA gradients through the narrow [N, r] products
+  (`lora_fold.py`); cheaper when there are many rows. Used for float32 compute without dropout
+  (folding in float16/bfloat16 would round s·B·A to W's ulp).
+
+Argument checks live in `lora_checks.py`, activation sharding in `lora_shard.py`.
 """
 import logging
 import math
-import numbers
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
-from mindspore.common.initializer import HeUniform, Initializer, initializer
-from mindspore.ops.primitive import Primitive
+from mindspore.common.initializer import HeUniform
 
 from mindpet_lite import _checks
+from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs, operators_sharded
+from mindpet_lite.delta.lora_checks import check_activation, check_init, check_strategy, init_value
+from mindpet_lite.delta.lora_fold import FoldedLoRAMatMul, fold_pays
+from mindpet_lite.delta.lora_shard import activation_shards
 
 logger = logging.getLogger(__name__)
 
@@ -34,169 +34,9 @@ LORA_MARK = "mindpet_delta_lora_"  # MindPet's parameter names: every LoRA facto
 LORA_A = LORA_MARK + "a"
 LORA_B = LORA_MARK + "b"
 
-_INIT_TYPES = (str, numbers.Real, Tensor, Initializer)  # complex numbers are not LoRA factors
-_INIT_DTYPES = mstype.int_type + mstype.uint_type + mstype.float_type
-
-
 def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
     """s = alpha / rank, or alpha / sqrt(rank) with rsLoRA: the one place the formula is written."""
     return lora_alpha / (math.sqrt(lora_rank) if use_rslora else lora_rank)
-
-
-def _check_init(name, init, shape):
-    """An initializer spec `initializer()` accepts: a real, finite number; a real Tensor of the right
-    shape and finite values. A lazily initialised Tensor (``Tensor(shape=..., init=One())``, as
-    MindPet's users and tests pass) is materialised here (`Tensor.init_data`), in place and once:
-    casting it unmaterialised kills the process (MindSpore 2.9), and its values must be known to be
-    checked. Every layer it is passed to then holds the same values, as with any other Tensor."""
-    allowed = "a real Tensor, a str, an Initializer or a finite real number"
-    if isinstance(init, bool) or not isinstance(init, _INIT_TYPES):
-        raise TypeError(f"{name} must be {allowed}, got {_checks.describe(init)}")
-    if isinstance(init, numbers.Real) and not math.isfinite(init):
-        raise ValueError(f"{name} must be {allowed}, got {_checks.describe(init)}")
-    if isinstance(init, Tensor):
-        if tuple(init.shape) != tuple(shape):
-            raise ValueError(f"{name} must be a 2-D Tensor of shape {list(shape)}, got shape {list(init.shape)}")
-        if init.dtype not in _INIT_DTYPES:
-            raise TypeError(f"{name} must be an int or float Tensor, got a {init.dtype} Tensor")
-        if init.has_init:
-            init.init_data()
-        if not np.isfinite(init.astype(mstype.float32).asnumpy()).all():
-            raise ValueError(f"{name} must hold finite values, got a Tensor with NaN or Inf")
-    if isinstance(init, str):
-        try:
-            initializer(init, [1, 1])  # lazy: only resolves the name
-        except ValueError as err:
-            raise ValueError(f"{name} must name a mindspore initializer ('normal', 'zeros', 'he_uniform', ...), "
-                             f"got {_checks.describe(init)}") from err
-
-
-def _init(init, shape, dtype):
-    """initializer() for specs; a Tensor keeps its values but takes the parameter dtype."""
-    if isinstance(init, Tensor):
-        return init.astype(dtype)
-    return initializer(init, shape, dtype)
-
-
-def _check_activation(activation):
-    """None, a name nn.get_activation knows, a Cell, or a Primitive that maps a tensor to a tensor of
-    its shape (ops.Add() or ops.Dropout() would fail only at the first forward)."""
-    if isinstance(activation, nn.Softmax2d) or (isinstance(activation, str) and activation == "softmax2d"):
-        raise ValueError("activation softmax2d needs a 3-D or 4-D input, and a LoRADense applies its activation "
-                         "to the 2-D [N, out_channels] product")
-    if activation is None or isinstance(activation, nn.Cell):
-        return
-    if isinstance(activation, Primitive):
-        probe = Tensor(np.zeros((2, 3), np.float32))
-        try:  # a trial call on a tiny tensor: primitives declare neither their arity nor their outputs
-            out = activation(probe)
-        except Exception:  # pylint: disable=broad-except
-            out = None
-        if not isinstance(out, Tensor) or out.shape != probe.shape:
-            raise TypeError("activation must be an element-wise Primitive (one tensor in, a tensor of its shape "
-                            f"out, e.g. ops.ReLU()), got {_checks.describe(activation)}")
-        return
-    if not isinstance(activation, str):
-        raise TypeError("activation must be a str name, a Cell, a Primitive or None, "
-                        f"got {_checks.describe(activation)}")
-    try:
-        nn.get_activation(activation)
-    except (KeyError, TypeError) as err:  # TypeError: 'threshold' needs arguments
-        raise ValueError(f"activation must be a name that mindspore.nn.get_activation builds without "
-                         f"arguments, got {_checks.describe(activation)}") from err
-
-
-def _check_strategy(name, strategy, ranks):
-    """A shard strategy: one tuple of positive ints per op input, as long as that input's rank."""
-    allowed = (f"a tuple of {len(ranks)} tuple(s) of positive ints, one per input of the op, of lengths "
-               f"{', '.join(map(str, ranks))}")
-    if not isinstance(strategy, tuple) or not all(
-            isinstance(dims, tuple) and all(_checks.is_int(d) for d in dims) for dims in strategy):
-        raise TypeError(f"{name} must be {allowed}, got {_checks.describe(strategy)}")
-    if tuple(len(dims) for dims in strategy) != tuple(ranks) or any(d <= 0 for dims in strategy for d in dims):
-        raise ValueError(f"{name} must be {allowed}, got {_checks.describe(strategy)}")
-    return tuple(tuple(int(d) for d in dims) for dims in strategy)
-
-
-# activations whose one primitive (named here) takes the strategy of the activation's input
-_UNARY_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-                      nn.FastGelu: "fast_gelu", nn.ELU: "elu", nn.Softsign: "softsign", nn.HSwish: "hswish",
-                      nn.HSigmoid: "hsigmoid", nn.SoftShrink: "softshrink", nn.HShrink: "hshrink",
-                      nn.Mish: "mish", nn.Softmax: "softmax"}
-
-
-class _LeakyReLU(nn.Cell):
-    """max(alpha·x, x) (min for alpha > 1), as ops.leaky_relu, on primitives of its own to shard."""
-
-    def __init__(self, alpha):
-        super().__init__()
-        self.alpha = alpha
-        self.mul = ops.Mul()
-        self.select_op = ops.Maximum() if alpha <= 1 else ops.Minimum()
-
-    def construct(self, x):
-        return self.select_op(self.mul(x, self.alpha), x)
-
-
-def _no_hook(cell, inputs):  # pylint: disable=unused-argument
-    return None
-
-
-def invalidate_compiled_graphs(cell):
-    """Make every compiled graph that holds `cell` recompile on its next call.
-
-    Graph-mode constants (LoRADense.merged, a swapped sub-cell) are baked into compiled graphs, and
-    the parents of a cell are not known to it. MindSpore keys its graph cache on a global hook
-    version, which adding and removing a hook bumps: that is the one switch that reaches them."""
-    cell.register_forward_pre_hook(_no_hook).remove()
-
-
-_UNSHARDED_MODES = ("stand_alone", "data_parallel")
-
-
-@ops.constexpr
-def _operators_sharded():
-    """True when MindSpore's auto-parallel context is set to a mode that splits operators by their
-    ``shard()`` strategies (semi-auto, auto, hybrid parallel). Read when the graph is compiled (a
-    constant of the graph; ``ms.get_auto_parallel_context`` cannot run inside ``construct``)."""
-    return ms.get_auto_parallel_context("parallel_mode") not in _UNSHARDED_MODES
-
-
-def _fold_pays(rows, in_channels, out_channels):
-    """Forward element traffic of the branch (read x for x·Aᵀ, write h·Bᵀ, the add) against the
-    fold's (write B·A, read W and it, write W + s·B·A). Training favours the fold even more."""
-    return rows * (in_channels + 4 * out_channels) > 4 * in_channels * out_channels
-
-
-class _FoldedLoRAMatMul(nn.Cell):
-    """y = x·(W + s·B·A)ᵀ with the LoRA backward through the narrow products.
-
-    Gradients returned for every input; those nobody asks for (a frozen W's dW = dyᵀ·x) are pruned
-    from the compiled graph, so a frozen weight costs no [out, in] matmul."""
-
-    def __init__(self, scaling):
-        super().__init__()
-        self.scaling = scaling
-        self.matmul = ops.MatMul()
-        self.matmul_tb = ops.MatMul(transpose_b=True)
-        self.matmul_ta = ops.MatMul(transpose_a=True)
-        self.transpose = ops.Transpose()
-
-    def construct(self, x, weight, lora_a, lora_b):
-        folded = weight + self.matmul(lora_b * self.scaling, lora_a)  # [out, r]x[r, in]
-        return self.matmul_tb(x, folded)
-
-    def bprop(self, x, weight, lora_a, lora_b, out, dout):  # pylint: disable=unused-argument
-        b_scaled = lora_b * self.scaling
-        dx = self.matmul(dout, weight + self.matmul(b_scaled, lora_a))  # W + s·B·A is shared with construct
-        d_weight = self.matmul_ta(dout, x)  # pruned when W is frozen
-        # the narrow products as [r, N]·[N, *] with the small operand transposed first: on CPU a
-        # transpose_a MatMul over the [N, *] operand costs 1.5-2.5x as much (benchmarks/README.md)
-        g_t = self.transpose(self.matmul(dout, b_scaled), (1, 0))  # (s·dy·B)ᵀ: [r, N]
-        d_a = self.matmul(g_t, x)  # [r, in]
-        h_t = self.transpose(self.matmul_tb(x, lora_a), (1, 0))  # (x·Aᵀ)ᵀ: [r, N]
-        d_b = self.transpose(self.matmul(h_t, dout) * self.scaling, (1, 0))  # s·(hᵀ·dy)ᵀ: [out, r]
-        return dx, d_weight, d_a, d_b
 
 
 class LoRADense(nn.Dense):
@@ -242,11 +82,11 @@ class LoRADense(nn.Dense):
         _checks.check_bool("use_rslora", use_rslora)
         param_init_type = _checks.to_float_dtype("param_init_type", param_init_type)
         compute_dtype = _checks.to_float_dtype("compute_dtype", compute_dtype)
-        _check_activation(kwargs.get("activation"))
+        check_activation(kwargs.get("activation"))
         if _checks.is_int(in_channels) and _checks.is_int(out_channels):  # else nn.Dense names them
             in_channels, out_channels = int(in_channels), int(out_channels)
-            _check_init("lora_a_init", lora_a_init, (lora_rank, in_channels))
-            _check_init("lora_b_init", lora_b_init, (out_channels, lora_rank))
+            check_init("lora_a_init", lora_a_init, (lora_rank, in_channels))
+            check_init("lora_b_init", lora_b_init, (out_channels, lora_rank))
             if lora_rank > min(in_channels, out_channels):
                 # accepted, as MindPet and HF PEFT do (MindPet's own tests use rank 2 on 1x1 layers)
                 logger.warning("LoRADense(%d, %d): lora_rank=%d is larger than min(in_channels, out_channels)=%d: "
@@ -261,15 +101,15 @@ class LoRADense(nn.Dense):
         self.scaling = lora_scaling(lora_alpha, lora_rank, use_rslora)
         self.dtype = compute_dtype
         self.merged = False
-        self.mindpet_delta_lora_a = Parameter(_init(lora_a_init, [lora_rank, in_channels], param_init_type),
+        self.mindpet_delta_lora_a = Parameter(init_value(lora_a_init, [lora_rank, in_channels], param_init_type),
                                               name=LORA_A)
-        self.mindpet_delta_lora_b = Parameter(_init(lora_b_init, [out_channels, lora_rank], param_init_type),
+        self.mindpet_delta_lora_b = Parameter(init_value(lora_b_init, [out_channels, lora_rank], param_init_type),
                                               name=LORA_B)
 
         self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else None
         # None: choose per call from the shapes; True / False: force the folded / branch form
         self._fold_mode = None
-        self.folded_matmul = _FoldedLoRAMatMul(self.scaling)
+        self.folded_matmul = FoldedLoRAMatMul(self.scaling)
         self.cast = ops.Cast()
         self.lora_a_matmul = ops.MatMul(transpose_b=True)
         self.lora_b_matmul = ops.MatMul(transpose_b=True)
@@ -342,7 +182,7 @@ class LoRADense(nn.Dense):
         """Folded form for float32 compute, no dropout and enough rows (static shapes only). Never under
         semi-auto / auto / hybrid parallel: the folded cell's matmuls carry no ``shard()`` strategies,
         the branch's operators do (:meth:`shard`), and a fold would bypass them."""
-        if _operators_sharded():
+        if operators_sharded():
             return False
         if self._fold_mode is not None:
             return self._fold_mode and self.lora_dropout is None
@@ -353,7 +193,7 @@ class LoRADense(nn.Dense):
             if dim is None or dim < 0:
                 return False
             rows = rows * dim
-        return _fold_pays(rows, self.in_channels, self.out_channels)
+        return fold_pays(rows, self.in_channels, self.out_channels)
 
     # ---- merge / unmerge -------------------------------------------------------------------
     def delta_weight(self):
@@ -440,10 +280,10 @@ class LoRADense(nn.Dense):
             op, ranks = layer_ops[name]
             if isinstance(op, str):
                 raise ValueError(f"{name} was given, but this LoRADense has no such op ({op})")
-            plan.append((op, _check_strategy(name, strategy, ranks)))
+            plan.append((op, check_strategy(name, strategy, ranks)))
         activation = self.activation
         if strategy_activation is not None:
-            activation, act_plan = self._activation_shards(strategy_activation)
+            activation, act_plan = activation_shards(self, strategy_activation)
             plan += act_plan
         if activation is not self.activation:
             self.activation = activation
@@ -453,41 +293,6 @@ class LoRADense(nn.Dense):
             self._fold_mode = False  # the folded form's matmuls are not the ones that carry strategies
             self._recompile()
         return self
-
-    def _activation_shards(self, strategy):
-        """(activation, [(primitive, strategy)]) for `strategy_activation`, as MindPet shards its
-        activations: the primitive takes the input's strategy s; LeakyReLU's select op (s, s) and
-        LogSigmoid's scalar ops (s, ()). LeakyReLU and GELU compute through functional ops in
-        MindSpore 2.9, with no primitive of the cell's own: sharding swaps in the same math built on
-        a primitive (LeakyReLU keeps MindPet's `select_op` name)."""
-        name, act = "strategy_activation", self.activation
-        if not self.activation_flag:
-            raise ValueError(f"{name} was given, but this LoRADense has no activation")
-        if isinstance(act, (nn.LogSoftmax, nn.LogSoftmaxExt, ops.LogSoftmax)):
-            raise ValueError(f"{name}: activation {type(act).__name__} cannot be sharded (log-softmax reduces over "
-                             "the split axis; MindPet refuses it too): apply it after the LoRADense instead")
-        if isinstance(act, nn.PReLU):  # input and weight: the primitive's own strategy, as MindPet passes it
-            return act, [(act.prelu, _check_strategy(name, strategy, (2, 1)))]
-        if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
-            strategy = strategy[:1]  # MindPet's tests give the input's strategy twice
-        s = _check_strategy(name, strategy, (2,))[0]
-        if isinstance(act, nn.LeakyReLU):
-            act = _LeakyReLU(act.alpha)
-        elif isinstance(act, nn.GELU) and act.approximate == "tanh":
-            act = ops.GeLU()  # what ops.gelu(x, approximate='tanh') runs
-        if isinstance(act, _LeakyReLU):
-            return act, [(act.select_op, (s, s)), (act.mul, (s, ()))]
-        if isinstance(act, nn.LogSigmoid):
-            return act, [(act.mul, (s, ())), (act.exp, (s,)), (act.add, (s, ())), (act.rec, (s,)), (act.log, (s,))]
-        if isinstance(act, Primitive):
-            return act, [(act, (s,))]
-        for cls, attr in _UNARY_ACTIVATIONS.items():
-            if isinstance(act, cls):
-                return act, [(getattr(act, attr), (s,))]
-        raise ValueError(f"{name}: activation {type(act).__name__} has no primitive LoRADense can shard (it "
-                         "computes through functional ops, or is not one of mindspore.nn's); shardable: a "
-                         "Primitive, LeakyReLU, tanh GELU, LogSigmoid, PReLU, "
-                         f"{', '.join(c.__name__ for c in _UNARY_ACTIVATIONS)}")
 
     def adapter_parameters(self):
         """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}``."""

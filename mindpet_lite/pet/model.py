@@ -20,7 +20,8 @@ import logging
 from mindspore import nn
 
 from mindpet_lite import _checks
-from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense, invalidate_compiled_graphs
+from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense
 from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
 from mindpet_lite.integrations import mindformers as _mf
 from mindpet_lite.pet.config import load_pet_config

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
 
-from mindpet_lite.delta.lora import _FoldedLoRAMatMul, _fold_pays
+from mindpet_lite.delta.lora_fold import FoldedLoRAMatMul, fold_pays
 from tests import reference as ref
 from tests.delta.test_lora import _SumLoss, _arrays, _layer, _rand
 
@@ -22,7 +22,7 @@ def _counter(name):
     return Parameter(Tensor(0, ms.int32), name=name, requires_grad=False)
 
 
-class _CountingFold(_FoldedLoRAMatMul):
+class _CountingFold(FoldedLoRAMatMul):
     """The layer's own folded matmul (construct and bprop inherited) that counts its forward runs."""
 
     def __init__(self, scaling):
@@ -74,9 +74,9 @@ def _spy(layer, backward=False):
 
 
 def test_fold_rule():
-    assert not _fold_pays(1, 4096, 4096)  # decoding: the branch
-    assert _fold_pays(1024, 512, 512)  # a training batch: fold
-    assert _fold_pays(4096, 1024, 1024)
+    assert not fold_pays(1, 4096, 4096)  # decoding: the branch
+    assert fold_pays(1024, 512, 512)  # a training batch: fold
+    assert fold_pays(4096, 1024, 1024)
 
 
 @pytest.mark.parametrize("shape", [(64, 12), (4, 16, 12)], ids=["2d", "3d"])
@@ -86,7 +86,7 @@ def test_folded_forward_and_grads_match_numpy(mode, shape, activation, frozen):
     layer = _layer(activation=activation)
     rows = int(np.prod(shape[:-1]))
     assert layer._use_fold(shape)  # pylint: disable=protected-access
-    assert _fold_pays(rows, 12, 10)
+    assert fold_pays(rows, 12, 10)
     layer.weight.requires_grad = not frozen
     backward = mode == ms.PYNATIVE_MODE
     counts = _spy(layer, backward)
