@@ -41,6 +41,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindpet_lite import _checks
+from mindpet_lite.graph.adapters import adapter_rows
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class _Prefill(nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, input_ids, last_index, caches):
-        return self.net.prefill(input_ids, last_index, caches)
+    def construct(self, input_ids, last_index, caches, rows=None):
+        return self.net.prefill(input_ids, last_index, caches, rows)
 
 
 class _Decode(nn.Cell):
@@ -61,8 +62,8 @@ class _Decode(nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, input_ids, positions, caches):
-        return self.net.decode(input_ids, positions, caches)
+    def construct(self, input_ids, positions, caches, rows=None):
+        return self.net.decode(input_ids, positions, caches, rows)
 
 
 class _Full(nn.Cell):
@@ -70,8 +71,8 @@ class _Full(nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, input_ids, index):
-        return self.net.logits_at(input_ids, index)
+    def construct(self, input_ids, index, rows=None):
+        return self.net.logits_at(input_ids, index, rows)
 
 
 _CELLS = weakref.WeakKeyDictionary()
@@ -217,7 +218,9 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
         seed (int): seeds the numpy ``Generator`` of the draws; same seed, same tokens.
         streamer: an object with ``put(tokens)`` — called each step with an int64 ``[B]`` array of each
             row's new token (``pad_token_id`` for rows already finished) — and ``end()``.
-        adapter_names: reserved for several adapters in one model (not implemented yet).
+        adapter_names (list of str): one adapter name a row, ``"__base__"`` for the base model: each
+            row runs its own adapter in the same forward (HF PEFT's argument). The LoRA cells must be
+            unmerged. None: every row runs the active adapter.
         use_past (bool): decode with the KV cache; default ``net.config.use_past``.
         output_logits (bool): also return the float32 ``[B, vocab]`` logits of every step.
 
@@ -226,11 +229,9 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
         tuple ``(sequences, logits)``.
 
     Raises:
-        TypeError, ValueError: a bad argument (before any work). NotImplementedError: ``adapter_names``.
+        TypeError, ValueError: a bad argument (before any work): for ``adapter_names`` an unknown
+            name, a list of another length than the batch, merged LoRA cells.
     """
-    if adapter_names is not None:
-        raise NotImplementedError("adapter_names is reserved for several adapters in one model (the "
-                                  f"'many adapters' issue); got {_checks.describe(adapter_names)}")
     cfg = net.config
     _check_args(net, max_new_tokens, do_sample, top_k, top_p, temperature, repetition_penalty,
                 pad_token_id, seed, streamer, use_past)
@@ -248,6 +249,8 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
         raise ValueError(f"max_new_tokens must be <= {net.model.max_length - lengths[row]} for prompt {row} "
                          f"({lengths[row]} tokens; the model holds {net.model.max_length} positions), "
                          f"got {budgets[row]}")
+    # a graph input [B, K] that every LoRA cell reads (graph/adapters.py); None keeps today's graphs
+    mix = () if adapter_names is None else (Tensor(adapter_rows(net, adapter_names, batch)),)
     buf = np.full((batch, total), pad, np.int32)
     for b, row in enumerate(rows):
         buf[b, :len(row)] = row
@@ -261,9 +264,9 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
     try:
         last = Tensor(lengths - 1, ms.int32)
         if use_past:
-            logits, caches = prefill(Tensor(buf[:, :width]), last, ms.mutable(net.new_cache(batch, total)))
+            logits, caches = prefill(Tensor(buf[:, :width]), last, ms.mutable(net.new_cache(batch, total)), *mix)
         else:
-            logits = full(Tensor(buf), last)
+            logits = full(Tensor(buf), last, *mix)
         for step in range(int(budgets.max())):
             scores = logits.asnumpy()
             if output_logits:
@@ -284,9 +287,9 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
             positions = Tensor(lengths - 1, ms.int32)
             if use_past:
                 logits, caches = decode(Tensor(buf[np.arange(batch), lengths - 1][:, None]), positions,
-                                        ms.mutable(caches))
+                                        ms.mutable(caches), *mix)
             else:
-                logits = full(Tensor(buf), positions)
+                logits = full(Tensor(buf), positions, *mix)
     finally:
         net.set_train(was_training)
         if streamer is not None:

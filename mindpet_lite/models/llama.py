@@ -46,7 +46,7 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
-from mindpet_lite.models.llama_config import LlamaConfig, _as_config, count_params, llama_param_shapes
+from mindpet_lite.models.llama_config import LlamaConfig, _as_config, count_params, llama_param_shapes, rotary_tables
 from mindpet_lite.models.generation import generate as _generate
 from mindpet_lite.models.loss import causal_lm_loss, token_log_likelihood
 
@@ -59,14 +59,6 @@ __all__ = ["LlamaConfig", "LlamaForCausalLM", "llama_param_shapes", "count_param
 # ------------------------------------------------------------------------------------------------
 # Constants
 # ------------------------------------------------------------------------------------------------
-def _rotary_tables(length, head_dim, theta):
-    """cos, sin ``[length, head_dim]`` (float64 numpy) in the rotate_half layout."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    freqs = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb), np.sin(emb)
-
-
 def _mask_value(dtype):
     return -65504.0 if dtype == mstype.float16 else -1e9
 
@@ -75,6 +67,14 @@ def _causal_mask(length, dtype):
     """Additive mask ``[length, length]``: 0 on and below the diagonal, very negative above."""
     upper = np.triu(np.ones((length, length), dtype=np.float32), k=1)
     return Tensor(upper * _mask_value(dtype), dtype)
+
+
+def _project(dense, x, rows):
+    """``dense(x)``, or ``dense(x, rows)`` for a projection that runs a per-row selection (a LoRA cell
+    with several adapters: ``rows`` [B, K], see graph/adapters.py); ``rows`` None is a graph constant."""
+    if rows is None or not getattr(dense, "takes_rows", False):
+        return dense(x)
+    return dense(x, rows)
 
 
 def _dense(in_features, out_features, cfg):
@@ -201,23 +201,23 @@ class LlamaAttention(nn.Cell):
         self.matmul_pv = ops.BatchMatMul()
         self.softmax = _Softmax()
 
-    def _qkv(self, x, cos, sin):
+    def _qkv(self, x, cos, sin, rows):
         """q (scaled), k, v of ``x [B, S, H]`` in ``[B, heads, S, D]``, rotary applied."""
         d = self.head_dim
         b, s, _ = x.shape
         if s == 1:  # one token a row (decode): [B, 1, N*D] -> [B, N, 1, D] is a reshape
-            q = ops.reshape(self.wq(x), (b, self.num_heads, 1, d))
-            k = ops.reshape(self.wk(x), (b, self.num_kv_heads, 1, d))
-            v = ops.reshape(self.wv(x), (b, self.num_kv_heads, 1, d))
+            q = ops.reshape(_project(self.wq, x, rows), (b, self.num_heads, 1, d))
+            k = ops.reshape(_project(self.wk, x, rows), (b, self.num_kv_heads, 1, d))
+            v = ops.reshape(_project(self.wv, x, rows), (b, self.num_kv_heads, 1, d))
         else:
-            q = _heads_first(self.wq(x), d)
-            k = _heads_first(self.wk(x), d)
-            v = _heads_first(self.wv(x), d)
+            q = _heads_first(_project(self.wq, x, rows), d)
+            k = _heads_first(_project(self.wk, x, rows), d)
+            v = _heads_first(_project(self.wv, x, rows), d)
         q = _apply_rotary(q, cos, sin, self.rotary_dtype, self.compute_dtype) * self.scale
         k = _apply_rotary(k, cos, sin, self.rotary_dtype, self.compute_dtype)
         return q, k, v
 
-    def _attend(self, q, k, v, mask):
+    def _attend(self, q, k, v, mask, rows):
         """Grouped attention of ``q [B, nh, S, D]`` over ``k, v [B, nkv, T, D]``; ``mask`` adds to the
         scores ``[B, nkv, rep, S, T]`` (any shape that broadcasts). Returns ``[B, S, H]``."""
         b, _, s, d = q.shape
@@ -231,31 +231,31 @@ class LlamaAttention(nn.Cell):
         probs = ops.cast(self.softmax(scores), self.compute_dtype)
         out = self.matmul_pv(ops.reshape(probs, (b, nkv, rep * s, t)), v)
         if s == 1:
-            return self.wo(ops.reshape(out, (b, 1, nh * d)))
-        return self.wo(_heads_last(ops.reshape(out, (b, nh, s, d))))
+            return _project(self.wo, ops.reshape(out, (b, 1, nh * d)), rows)
+        return _project(self.wo, _heads_last(ops.reshape(out, (b, nh, s, d))), rows)
 
-    def construct(self, x, cos, sin, mask):
-        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive."""
-        q, k, v = self._qkv(x, cos, sin)
-        return self._attend(q, k, v, mask)
+    def construct(self, x, cos, sin, mask, rows=None):
+        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive; rows: see _project."""
+        q, k, v = self._qkv(x, cos, sin, rows)
+        return self._attend(q, k, v, mask, rows)
 
-    def prefill(self, x, cos, sin, mask, k_cache, v_cache):
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None):
         """``construct`` that also writes its keys / values into rows ``0..S-1`` of the caches
         ``[B, nkv, L, D]``; returns ``(out, k_cache, v_cache)``."""
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, cos, sin, rows)
         s = x.shape[1]
         k_cache = ops.concat((ops.cast(k, k_cache.dtype), k_cache[:, :, s:]), 2)
         v_cache = ops.concat((ops.cast(v, v_cache.dtype), v_cache[:, :, s:]), 2)
-        return self._attend(q, k, v, mask), k_cache, v_cache
+        return self._attend(q, k, v, mask, rows), k_cache, v_cache
 
-    def decode(self, x, cos, sin, mask, write, k_cache, v_cache):
+    def decode(self, x, cos, sin, mask, write, k_cache, v_cache, rows=None):
         """One token a row: x ``[B, 1, H]``; cos, sin ``[B, 1, 1, D]`` (each row's position);
         ``write`` bool ``[B, 1, L, 1]`` marks the cache row each batch row writes; ``mask``
         ``[B, 1, 1, 1, L]`` additive. Returns ``(out, k_cache, v_cache)``."""
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, cos, sin, rows)
         k_cache = ops.select(_same_shape(write, k_cache), _same_shape(k, k_cache), k_cache)
         v_cache = ops.select(_same_shape(write, v_cache), _same_shape(v, v_cache), v_cache)
-        return self._attend(q, k_cache, v_cache, mask), k_cache, v_cache
+        return self._attend(q, k_cache, v_cache, mask, rows), k_cache, v_cache
 
 
 class LlamaFeedForward(nn.Cell):
@@ -268,8 +268,8 @@ class LlamaFeedForward(nn.Cell):
         self.w2 = _dense(ffn, h, config)
         self.w3 = _dense(h, ffn, config)
 
-    def construct(self, x):
-        return self.w2(ops.silu(self.w1(x)) * self.w3(x))
+    def construct(self, x, rows=None):
+        return _project(self.w2, ops.silu(_project(self.w1, x, rows)) * _project(self.w3, x, rows), rows)
 
 
 class LlamaDecodeLayer(nn.Cell):
@@ -284,20 +284,20 @@ class LlamaDecodeLayer(nn.Cell):
         self.ffn_norm = LlamaRMSNorm(config.hidden_size, **norm_args)
         self.feed_forward = LlamaFeedForward(config)
 
-    def construct(self, x, cos, sin, mask):
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
-        return x + self.feed_forward(self.ffn_norm(x))
+    def construct(self, x, cos, sin, mask, rows=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, rows)
+        return x + self.feed_forward(self.ffn_norm(x), rows)
 
-    def prefill(self, x, cos, sin, mask, k_cache, v_cache):
-        out, k_cache, v_cache = self.attention.prefill(self.attention_norm(x), cos, sin, mask, k_cache, v_cache)
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None):
+        out, k_cache, v_cache = self.attention.prefill(self.attention_norm(x), cos, sin, mask, k_cache, v_cache, rows)
         x = x + out
-        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
+        return x + self.feed_forward(self.ffn_norm(x), rows), k_cache, v_cache
 
-    def decode(self, x, cos, sin, mask, write, k_cache, v_cache):
+    def decode(self, x, cos, sin, mask, write, k_cache, v_cache, rows=None):
         out, k_cache, v_cache = self.attention.decode(self.attention_norm(x), cos, sin, mask, write,
-                                                      k_cache, v_cache)
+                                                      k_cache, v_cache, rows)
         x = x + out
-        return x + self.feed_forward(self.ffn_norm(x)), k_cache, v_cache
+        return x + self.feed_forward(self.ffn_norm(x), rows), k_cache, v_cache
 
 
 class LlamaEmbedding(nn.Cell):
@@ -330,7 +330,7 @@ class LlamaModel(nn.Cell):
         self.layers = nn.CellList([LlamaDecodeLayer(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = LlamaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.layernorm_compute_type,
                                      cfg.compute_dtype, cfg.param_init_type)
-        cos, sin = _rotary_tables(cfg.rotary_length, cfg.head_dim, cfg.theta)
+        cos, sin = rotary_tables(cfg.rotary_length, cfg.head_dim, cfg.theta)
         self.max_length = cfg.rotary_length
         self.freqs_cos = Tensor(cos, cfg.rotary_dtype)
         self.freqs_sin = Tensor(sin, cfg.rotary_dtype)
@@ -338,7 +338,7 @@ class LlamaModel(nn.Cell):
         self.mask_value = _mask_value(cfg.softmax_compute_type)
         self.cache_rows = Tensor(np.arange(cfg.rotary_length, dtype=np.int32))
 
-    def construct(self, input_ids):
+    def construct(self, input_ids, rows=None):
         s = input_ids.shape[1]
         if s > self.max_length:
             raise ValueError(f"input_ids has {s} tokens a row, more than the model's maximum "
@@ -348,10 +348,10 @@ class LlamaModel(nn.Cell):
         mask = self.causal_mask[:s, :s]
         x = self.tok_embeddings(input_ids)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, mask, rows)
         return self.norm_out(x)
 
-    def prefill(self, input_ids, caches):
+    def prefill(self, input_ids, caches, rows=None):
         """``construct`` that also fills rows ``0..S-1`` of ``caches`` (a tuple ``(k0, v0, k1, v1,
         ...)`` of ``[B, nkv, L, D]``); returns ``(hidden [B, S, H], caches)``."""
         s = input_ids.shape[1]
@@ -362,15 +362,15 @@ class LlamaModel(nn.Cell):
         out = ()
         i = 0
         for layer in self.layers:
-            x, k_cache, v_cache = layer.prefill(x, cos, sin, mask, caches[i], caches[i + 1])
+            x, k_cache, v_cache = layer.prefill(x, cos, sin, mask, caches[i], caches[i + 1], rows)
             out = out + (k_cache, v_cache)
             i = i + 2
         return self.norm_out(x), out
 
-    def decode(self, input_ids, positions, caches):
+    def decode(self, input_ids, positions, caches, rows=None):
         """One token a row, ``input_ids [B, 1]`` at ``positions [B]`` (int32): writes its keys / values
         at that row of the caches and attends to rows ``0..position``. Returns ``(hidden [B, 1, H],
-        caches)``."""
+        caches)``. ``rows``: each row's adapter selection (see _project), or None."""
         b = input_ids.shape[0]
         length = caches[0].shape[2]
         cos = ops.reshape(ops.gather(self.freqs_cos, positions, 0), (b, 1, 1, -1))
@@ -385,7 +385,7 @@ class LlamaModel(nn.Cell):
         out = ()
         i = 0
         for layer in self.layers:
-            x, k_cache, v_cache = layer.decode(x, cos, sin, mask, write, caches[i], caches[i + 1])
+            x, k_cache, v_cache = layer.decode(x, cos, sin, mask, write, caches[i], caches[i + 1], rows)
             out = out + (k_cache, v_cache)
             i = i + 2
         return self.norm_out(x), out
@@ -439,7 +439,7 @@ class LlamaForCausalLM(nn.Cell):
         self.vocab_size = cfg.vocab_size
         self.ignore_token_id = cfg.ignore_token_id
 
-    def _head(self, hidden):
+    def _head(self, hidden, rows=None):
         """float32 logits ``[B, S, vocab]`` of the final hidden states ``[B, S, H]``."""
         if self.tie_word_embeddings:
             b, s, h = hidden.shape
@@ -447,17 +447,17 @@ class LlamaForCausalLM(nn.Cell):
             logits = ops.reshape(self.matmul_tied(ops.reshape(hidden, (b * s, h)), weight),
                                  (b, s, self.vocab_size))
         else:
-            logits = self.lm_head(hidden)
+            logits = _project(self.lm_head, hidden, rows)
         return ops.cast(logits, mstype.float32)
 
     def _logits(self, input_ids):
         return self._head(self.model(input_ids))
 
-    def _head_at(self, hidden, index):
+    def _head_at(self, hidden, index, rows=None):
         """float32 logits ``[B, vocab]`` of row ``index[b]`` (int32 ``[B]``) of each ``hidden [B, S, H]``."""
         b = hidden.shape[0]
         picked = ops.gather(hidden, ops.reshape(index, (b, 1)), 1, 1)  # [B, 1, H]
-        return ops.reshape(self._head(picked), (b, self.vocab_size))
+        return ops.reshape(self._head(picked, rows), (b, self.vocab_size))
 
     # -- generation (models/generation.py calls these through graph cells of its own) -------------
     def new_cache(self, batch_size, length):
@@ -467,17 +467,17 @@ class LlamaForCausalLM(nn.Cell):
         shape = (batch_size, cfg.num_kv_heads, length, cfg.head_dim)
         return tuple(ops.zeros(shape, cfg.compute_dtype) for _ in range(2 * cfg.num_layers))
 
-    def prefill(self, input_ids, last_index, caches):
+    def prefill(self, input_ids, last_index, caches, rows=None):
         """Right-padded prompts ``input_ids [B, S]``: the logits ``[B, vocab]`` at ``last_index [B]``
         (each row's last prompt token) and the caches with rows ``0..S-1`` filled."""
-        hidden, caches = self.model.prefill(input_ids, caches)
-        return self._head_at(hidden, last_index), caches
+        hidden, caches = self.model.prefill(input_ids, caches, rows)
+        return self._head_at(hidden, last_index, rows), caches
 
-    def decode(self, input_ids, positions, caches):
+    def decode(self, input_ids, positions, caches, rows=None):
         """One token a row (``input_ids [B, 1]`` at ``positions [B]``): logits ``[B, vocab]``, caches."""
-        hidden, caches = self.model.decode(input_ids, positions, caches)
+        hidden, caches = self.model.decode(input_ids, positions, caches, rows)
         b = input_ids.shape[0]
-        return ops.reshape(self._head(hidden), (b, self.vocab_size)), caches
+        return ops.reshape(self._head(hidden, rows), (b, self.vocab_size)), caches
 
     def generate(self, input_ids, max_new_tokens, **kwargs):
         """``models.generation.generate(self, input_ids, max_new_tokens, ...)``: see there (``do_sample``,
@@ -485,9 +485,9 @@ class LlamaForCausalLM(nn.Cell):
         ``pad_token_id``, ``seed``, ``streamer``, ``adapter_names``, ``use_past``)."""
         return _generate(self, input_ids, max_new_tokens, **kwargs)
 
-    def logits_at(self, input_ids, index):
+    def logits_at(self, input_ids, index, rows=None):
         """No cache: the full causal forward of ``input_ids [B, S]``, logits ``[B, vocab]`` at ``index [B]``."""
-        return self._head_at(self.model(input_ids), index)
+        return self._head_at(self.model(input_ids, rows), index, rows)
 
     def construct(self, input_ids, labels=None):
         if labels is None:

@@ -9,6 +9,8 @@ import logging
 import math
 from typing import Optional
 
+import numpy as np
+
 from mindpet_lite import _checks
 
 logger = logging.getLogger(__name__)
@@ -241,3 +243,10 @@ def count_params(config):
     """Number of parameters of ``LlamaForCausalLM(config)`` (Llama-2-7B: 6,738,415,616)."""
     return sum(math.prod(shape) for shape in llama_param_shapes(config).values())
 
+
+def rotary_tables(length, head_dim, theta):
+    """cos, sin ``[length, head_dim]`` (float64 numpy) in the rotate_half layout."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    freqs = np.outer(np.arange(length, dtype=np.float64), inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb), np.sin(emb)

@@ -1,0 +1,127 @@
+"""Named adapters of a network: list, switch, disable, delete, and the per-row selection of a mixed batch.
+
+Every LoRADense holds the first adapter ("default"); a named adapter lives in the cells it targets
+(``LoRADense.add_adapter``, or ``adapters.io.load_adapter(..., adapter_name=)``). The network's
+adapters are listed "default" first, then in the order they first appear walking the cells. With
+adapter X active, a cell that does not hold X runs its base weight: X's rows see the base there.
+
+A mixed batch passes a one-hot ``rows`` [B, K] (K = the network's adapters in list order, a zero
+row for ``"__base__"``) down the model's construct to every LoRADense (``models.llama`` hands it to
+the projections that take it). It is a graph input, not a Parameter: no state in the network (the
+checkpoint, freezing, the base fingerprint and optimizers see nothing new), any batch size, and a
+call without it compiles to the same graph as before.
+"""
+import contextlib
+
+import numpy as np
+from mindspore import nn
+
+from mindpet_lite import _checks
+from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER, pair_names
+from mindpet_lite.graph.freeze import lora_cells
+
+__all__ = ["list_adapters", "set_adapter", "disable_adapter", "delete_adapter", "adapter_params",
+           "adapter_rows", "BASE_ROW", "DEFAULT_ADAPTER"]
+
+
+def list_adapters(net):
+    """The network's adapter names: "default" first (when it has LoRA cells), then in the order added."""
+    names = {}
+    for cell in lora_cells(net).values():
+        names.update(dict.fromkeys(cell.adapter_names()))
+    return list(names)
+
+
+def _check_known(net, name, what="adapter_name"):
+    known = list_adapters(net)
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"{what}: unknown adapter {_checks.describe(name)}; the network holds {known}")
+    return known
+
+
+def set_adapter(net, name):
+    """Make ``name`` the adapter every LoRA cell uses (cells without it run their base weight).
+    Refused, nothing changed, for an unknown name or when a merged cell would have to run another
+    adapter than the one merged into it."""
+    _check_known(net, name)
+    cells = lora_cells(net)
+    merged = sorted(path for path, cell in cells.items() if cell.merged)
+    if merged and name != DEFAULT_ADAPTER:
+        raise ValueError(f"set_adapter({name!r}): {len(merged)} LoRA cells are merged (their weights hold the "
+                         f"'default' adapter), e.g. {merged[0]}: unmerge them first")
+    for cell in cells.values():
+        cell.set_active_adapter(name if name in cell.adapter_names() else None)
+
+
+@contextlib.contextmanager
+def disable_adapter(net):
+    """``with disable_adapter(net):`` runs the base model; the active adapters come back after."""
+    cells = lora_cells(net)
+    merged = sorted(path for path, cell in cells.items() if cell.merged)
+    if merged:
+        raise ValueError(f"disable_adapter: {len(merged)} LoRA cells are merged, e.g. {merged[0]}: the base "
+                         "weights are not there to run; unmerge them first")
+    before = {path: cell.active_adapter for path, cell in cells.items()}
+    for cell in cells.values():
+        cell.set_active_adapter(None)
+    try:
+        yield net
+    finally:
+        for path, cell in cells.items():
+            cell.set_active_adapter(before[path])
+
+
+def delete_adapter(net, name):
+    """Remove a named adapter (its parameters) from every cell holding it. If it was active the
+    network runs "default" after. The first adapter cannot be deleted (it is the layers' own)."""
+    _check_known(net, name)
+    if name == DEFAULT_ADAPTER:
+        raise ValueError("delete_adapter: 'default' is the first adapter (the layers' own mindpet_delta_lora_a / "
+                         "_b) and cannot be deleted; use disable_adapter or set_adapter")
+    cells = [cell for cell in lora_cells(net).values() if name in cell.adapter_names()]
+    was_active = any(cell.active_adapter == name for cell in cells)
+    for cell in cells:
+        cell.delete_adapter(name)
+    if was_active:
+        set_adapter(net, DEFAULT_ADAPTER)
+
+
+def adapter_params(net, name):
+    """``{network parameter name: Parameter}`` of one adapter's factors."""
+    _check_known(net, name)
+    wanted = {}
+    for path, cell in lora_cells(net).items():
+        if name in cell.adapter_names():
+            for leaf in pair_names(LORA_A, LORA_B, name):
+                wanted[id(getattr(cell, leaf))] = f"{path}.{leaf}" if path else leaf
+    return {n: p for n, p in net.parameters_and_names() if id(p) in wanted}
+
+
+def adapter_rows(net, adapter_names, batch):
+    """The float32 one-hot [batch, K] a mixed batch runs with (K = ``list_adapters(net)``), after
+    checking every name and preparing every LoRA cell for it (``LoRADense.set_mix_columns``)."""
+    if not isinstance(net, nn.Cell):
+        raise TypeError(f"net must be a mindspore.nn.Cell, got {_checks.describe(net)}")
+    if not isinstance(adapter_names, (list, tuple)):
+        raise TypeError(f"adapter_names must be a list of adapter names, one per row, got "
+                        f"{_checks.describe(adapter_names)}")
+    if len(adapter_names) != batch:
+        raise ValueError(f"adapter_names must hold one name per row ({batch} rows), got {len(adapter_names)}")
+    cells = lora_cells(net)
+    known = list_adapters(net)
+    for i, name in enumerate(adapter_names):
+        if name != BASE_ROW and (not isinstance(name, str) or name not in known):
+            raise ValueError(f"adapter_names[{i}]: unknown adapter {_checks.describe(name)}; the network holds "
+                             f"{known} (or {BASE_ROW!r} for the base model)")
+    merged = sorted(path for path, cell in cells.items() if cell.merged)
+    if merged:
+        raise ValueError(f"adapter_names: {len(merged)} LoRA cells are merged, e.g. {merged[0]}: a merged weight "
+                         "holds one adapter for every row; unmerge them to mix adapters")
+    for cell in cells.values():
+        cell.set_mix_columns(known)
+    rows = np.zeros((batch, max(len(known), 1)), np.float32)
+    for i, name in enumerate(adapter_names):
+        if name != BASE_ROW:
+            rows[i, known.index(name)] = 1.0
+    return rows
