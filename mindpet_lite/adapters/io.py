@@ -15,10 +15,13 @@ from mindspore import Tensor, nn
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters.named import load_named_adapter, named_adapter_tensors
 from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
 from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
+from mindpet_lite.graph.adapters import extra_adapter_params
 from mindpet_lite.graph.freeze import get_adapter_params, lora_cells
 
 logger = logging.getLogger(__name__)
@@ -30,14 +33,18 @@ __all__ = ["save_adapter", "load_adapter", "read_adapter", "gather_sharded_adapt
 # save
 # ------------------------------------------------------------------------------------------------
 def adapter_parameters(net):
-    """``{name: Parameter}`` an adapter holds: the LoRA factors plus every trainable parameter."""
+    """``{name: Parameter}`` the first adapter holds: its LoRA factors plus every trainable parameter
+    (other named adapters' factors are not part of it)."""
     if not isinstance(net, nn.Cell):
         raise TypeError(f"net must be a mindspore.nn.Cell, got {_checks.describe(net)}")
     lora = get_adapter_params(net)
-    return {name: p for name, p in net.parameters_and_names() if name in lora or p.requires_grad}
+    named = extra_adapter_params(net)
+    return {name: p for name, p in net.parameters_and_names()
+            if name in lora or (p.requires_grad and name not in named)}
 
 
-def save_adapter(net, path, format=None, config=None, base_fingerprint=None, overwrite=False):  # pylint: disable=redefined-builtin
+def save_adapter(net, path, format=None, config=None, base_fingerprint=None, overwrite=False,  # pylint: disable=redefined-builtin
+                 adapter_name=None):
     """Save the adapter of a LoRA network: its LoRA parameters and anything left trainable.
 
     Args:
@@ -51,6 +58,9 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
             :func:`~mindpet_lite.adapters.metadata.base_fingerprint` is used as given (e.g. for a
             network whose base weights were dropped).
         overwrite (bool): replace an existing ``path`` (otherwise FileExistsError).
+        adapter_name (str): save this named adapter (``adapters/named.py``) in the same single-adapter
+            format (the first adapter's parameter names; its LoRA factors only); None or "default":
+            the first adapter.
 
     Returns:
         The metadata dict written.
@@ -64,6 +74,9 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
     """
     fmt = _files.check_output_path(path, format)
     _files.check_new_output(path, overwrite=overwrite, what="path")
+    if adapter_name not in (None, DEFAULT_ADAPTER):
+        tensors, lora_config = named_adapter_tensors(net, adapter_name, config)
+        return _write(net, path, fmt, tensors, lora_config, base_fingerprint)
     params = adapter_parameters(net)
     if not params:
         raise ValueError("refusing to save an empty adapter: the network has no LoRA parameters and nothing "
@@ -75,8 +88,11 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
             raise ValueError(f"refusing to save an empty adapter: {name} has no elements (shape {list(array.shape)}); "
                              "under model parallelism gather the parameters first")
         tensors[name] = array
+    return _write(net, path, fmt, tensors, _meta.adapter_config(net, config), base_fingerprint)
+
+
+def _write(net, path, fmt, tensors, lora_config, base_fingerprint):
     _checks.check_finite_arrays(f"save_adapter {path}", tensors)
-    lora_config = _meta.adapter_config(net, config)
     fingerprint = base_fingerprint if base_fingerprint is not None else _meta.base_fingerprint(net)
     meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net))
     _meta.write_adapter_file(tensors, path, meta, fmt)
@@ -102,7 +118,7 @@ def read_adapter(path):
     return _meta.read_adapter_file(path)
 
 
-def load_adapter(net, path, strict=True):
+def load_adapter(net, path, strict=True, adapter_name=None):
     """Load an adapter file onto a network, checking everything before assigning anything.
 
     Accepts files written by :func:`save_adapter`, MindFormers checkpoints holding
@@ -117,6 +133,9 @@ def load_adapter(net, path, strict=True):
             network must be in the adapter; the base fingerprint and the scaling must agree.
             False: missing / unexpected keys and fingerprint or scaling differences are logged.
             Shape mismatches are errors either way.
+        adapter_name (str): add the file as a new named adapter beside the ones the network holds
+            (``adapters/named.py``: its own rank and alpha; the network needs a LoRADense at every layer
+            it targets). None or "default": assign the first adapter, as always.
 
     Returns:
         The adapter's metadata dict (``{}`` for files without one).
@@ -129,6 +148,9 @@ def load_adapter(net, path, strict=True):
         raise TypeError(f"net must be a mindspore.nn.Cell, got {_checks.describe(net)}")
     _checks.check_bool("strict", strict)
     tensors, meta = read_adapter(path)
+    if adapter_name not in (None, DEFAULT_ADAPTER):
+        _check_same_base(net, meta, path, strict)
+        return load_named_adapter(net, tensors, meta, path, adapter_name, strict)
     if not _meta.is_ours(meta):
         dropped = [k for k in tensors if not is_lora_name(k) or is_state_key(k)]
         tensors = {k: v for k, v in tensors.items() if k not in set(dropped)}

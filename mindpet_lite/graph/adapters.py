@@ -22,7 +22,7 @@ from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER, pair_nam
 from mindpet_lite.graph.freeze import lora_cells
 
 __all__ = ["list_adapters", "set_adapter", "disable_adapter", "delete_adapter", "adapter_params",
-           "adapter_rows", "BASE_ROW", "DEFAULT_ADAPTER"]
+           "extra_adapter_params", "adapter_rows", "BASE_ROW", "DEFAULT_ADAPTER"]
 
 
 def list_adapters(net):
@@ -95,6 +95,15 @@ def adapter_params(net, name):
         if name in cell.adapter_names():
             for leaf in pair_names(LORA_A, LORA_B, name):
                 wanted[id(getattr(cell, leaf))] = f"{path}.{leaf}" if path else leaf
+    return {n: p for n, p in net.parameters_and_names() if id(p) in wanted}
+
+
+def extra_adapter_params(net):
+    """``{network parameter name: Parameter}`` of every adapter but the first ("default")."""
+    wanted = set()
+    for cell in lora_cells(net).values():
+        for name in cell.adapter_names()[1:]:
+            wanted.update(id(p) for p in cell.named_adapter_parameters(name).values())
     return {n: p for n, p in net.parameters_and_names() if id(p) in wanted}
 
 

@@ -1,0 +1,156 @@
+"""Named adapters to and from files: the file side of ``graph/adapters.py`` (``load_adapter`` /
+``save_adapter`` with ``adapter_name=`` call these).
+
+Loading adapter ``name`` from an ordinary single-adapter file: the network must already have a
+LoRADense at every layer the adapter targets (it may target fewer: its rows run the base weight at
+the others); a key for a layer without one is an error naming it. The pair becomes the cells'
+``mindpet_delta_lora_a__<name>`` / ``_b__<name>``, with the adapter's own rank (from its shapes)
+and alpha / rsLoRA (from its metadata's pet_config; a file without one: the scaling it records, else
+the first adapter's alpha). A named adapter holds LoRA factors only, loaded frozen (PEFT's
+``is_trainable=False``): trainable extras such as norms are the base's and belong to the first.
+
+Saving adapter ``name`` writes the ordinary format under the first adapter's names, with metadata
+describing it (its rank, alpha, rsLoRA, and target_modules naming exactly the layers it covers), so
+it loads into a single-adapter network and exports to PEFT unchanged.
+"""
+import logging
+import re
+
+import numpy as np
+from mindspore import Tensor, nn
+
+from mindpet_lite import _checks
+from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters.names import is_lora_name, is_state_key, resolve_names
+from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.delta.lora_adapters import check_adapter_name
+from mindpet_lite.graph.adapters import list_adapters
+from mindpet_lite.graph.freeze import lora_cells
+from mindpet_lite.pet.config import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_named_adapter", "named_adapter_tensors"]
+
+
+def _pairs(tensors, cells, path):
+    """{cell path: (A, B)} of the file's pairs, mapped onto the network's LoRA cells."""
+    targets = {f"{p}.{leaf}": p for p in cells for leaf in (LORA_A, LORA_B)}
+    mapping, unexpected, ambiguous = resolve_names(tensors, targets)
+    if ambiguous:
+        detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
+        raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
+    if unexpected:
+        raise ValueError(f"{path}: {len(unexpected)} adapter keys name layers without a LoRADense in the network "
+                         f"({_checks.short_list(unexpected)}): a named adapter goes beside the first, so the network "
+                         "must already have LoRA cells at every layer it targets (get_pet_model with its targets)")
+    found = {}
+    for key, target in mapping.items():
+        found.setdefault(targets[target], {})[target.rsplit(".", 1)[-1]] = tensors[key]
+    half = sorted(p for p, pair in found.items() if len(pair) != 2)
+    if half:
+        raise ValueError(f"{path}: {len(half)} layers have only one of lora_a / lora_b: {_checks.short_list(half)}")
+    return {p: (pair[LORA_A], pair[LORA_B]) for p, pair in found.items()}
+
+
+def _rank_of(pairs, cells, path):
+    """The one rank of the file's pairs, after checking every shape against its layer."""
+    ranks = set()
+    for p, (a, b) in pairs.items():
+        cell = cells[p]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != cell.in_channels or b.shape[0] != cell.out_channels \
+                or a.shape[0] != b.shape[1]:
+            raise ValueError(f"{path}: {p}: lora_a {list(a.shape)} / lora_b {list(b.shape)} do not fit the layer "
+                             f"[{cell.out_channels}, {cell.in_channels}] (want [r, {cell.in_channels}] and "
+                             f"[{cell.out_channels}, r])")
+        ranks.add(int(a.shape[0]))
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: the adapter's layers have different ranks {sorted(ranks)}; one rank per adapter")
+    return ranks.pop()
+
+
+def _alpha(meta, rank, first, path):
+    """(alpha, use_rslora) of the adapter: its pet_config's, a recorded scaling, else the first adapter's."""
+    config = _meta.lora_config(meta)
+    if config is not None:
+        if config.lora_rank != rank:
+            raise ValueError(f"{path}: the metadata says lora_rank={config.lora_rank} but the factors have rank {rank}")
+        return config.lora_alpha, config.use_rslora
+    scaling = _meta.adapter_scaling(meta)
+    if scaling is not None:
+        return scaling * rank, False
+    logger.info("load_adapter: %s records no alpha: using the first adapter's lora_alpha=%s", path, first.lora_alpha)
+    return first.lora_alpha, first.use_rslora
+
+
+def load_named_adapter(net, tensors, meta, path, name, strict):
+    """Add adapter ``name`` from ``(tensors, meta)`` read from ``path``; everything is checked first."""
+    check_adapter_name(name)
+    known = list_adapters(net)
+    if name in known:
+        raise ValueError(f"adapter_name {name!r} is already used (the network holds {known}): delete_adapter it "
+                         "first or choose another name")
+    cells = lora_cells(net)
+    if not cells:
+        raise ValueError("the network has no LoRA cells: a named adapter goes beside the first adapter; apply "
+                         "get_pet_model (or load_adapter without adapter_name) first")
+    other = sorted(k for k in tensors if not is_lora_name(k) and not is_state_key(k))
+    if other and _meta.is_ours(meta):
+        text = (f"{path}: a named adapter holds LoRA factors only, the file also has {len(other)} other trainable "
+                f"tensors ({_checks.short_list(other)}): load it as the first adapter (without adapter_name)")
+        if strict:
+            raise ValueError(text + ", or pass strict=False to leave them out")
+        logger.warning("load_adapter (strict=False): %s; left out", text)
+    tensors = {k: v for k, v in tensors.items() if is_lora_name(k) and not is_state_key(k)}
+    if not tensors:
+        raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
+    pairs = _pairs(tensors, cells, path)
+    rank = _rank_of(pairs, cells, path)
+    first = next(iter(cells.values()))
+    alpha, rslora = _alpha(meta, rank, first, path)
+    _checks.check_finite_arrays(f"load_adapter {path}", {f"{p}.{leaf}": arr for p, pair in pairs.items()
+                                                         for leaf, arr in zip((LORA_A, LORA_B), pair)})
+    for p, (a, b) in pairs.items():
+        cells[p].add_adapter(name, rank, alpha, Tensor(np.asarray(a, np.float32)), Tensor(np.asarray(b, np.float32)),
+                             use_rslora=rslora)
+        for param in cells[p].named_adapter_parameters(name).values():
+            param.requires_grad = False
+    logger.info("load_adapter: adapter %r (rank %d, alpha %s) on %d of %d LoRA cells from %s", name, rank, alpha,
+                len(pairs), len(cells), path)
+    return meta
+
+
+def named_adapter_tensors(net, name, config=None):
+    """``({file name: array}, LoraConfig)`` of adapter ``name`` in the single-adapter format."""
+    cells = {p: c for p, c in lora_cells(net).items() if name in c.adapter_names()}
+    if not cells:
+        raise ValueError(f"unknown adapter {name!r}: the network holds {list_adapters(net)}")
+    specs = {c.adapter_spec(name)[:3] for c in cells.values()}
+    if len(specs) != 1:
+        raise ValueError(f"adapter {name!r} has different (rank, alpha, rslora) per layer: {sorted(specs)}")
+    rank, alpha, rslora = specs.pop()
+    tensors = {}
+    for p, cell in cells.items():
+        for leaf, param in cell.named_adapter_parameters(name).items():
+            tensors[f"{p}.{leaf}"] = param.asnumpy()
+    if config is None:
+        config = LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=0.0,
+                            target_modules=_targets(list(cells), net))
+    elif isinstance(config, dict):
+        config = LoraConfig.from_dict(config)
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
+    if config.lora_rank != rank or not np.isclose(config.scaling, cells[next(iter(cells))].adapter_spec(name)[3]):
+        raise ValueError(f"config (lora_rank={config.lora_rank}, scaling {config.scaling:g}) does not describe "
+                         f"adapter {name!r} (rank {rank}, alpha {alpha}, rslora {rslora})")
+    return tensors, config
+
+
+def _targets(covered, net):
+    """target_modules naming exactly ``covered``: leaf names when they select no other dense layer of
+    the network, else the escaped paths."""
+    leaves = sorted({p.rsplit(".", 1)[-1] for p in covered})
+    dense = {p for p, cell in net.cells_and_names() if isinstance(cell, nn.Dense)}
+    if {p for p in dense if p.rsplit(".", 1)[-1] in leaves} == set(covered):
+        return "|".join(f".*{re.escape(leaf)}" for leaf in leaves)
+    return "|".join(re.escape(p) for p in sorted(covered))
