@@ -375,10 +375,10 @@ class LlamaModel(nn.Cell):
         length = caches[0].shape[2]
         cos = ops.reshape(ops.gather(self.freqs_cos, positions, 0), (b, 1, 1, -1))
         sin = ops.reshape(ops.gather(self.freqs_sin, positions, 0), (b, 1, 1, -1))
-        rows = ops.broadcast_to(ops.reshape(self.cache_rows[:length], (1, length)), (b, length))
+        slots = ops.broadcast_to(ops.reshape(self.cache_rows[:length], (1, length)), (b, length))
         pos = ops.broadcast_to(ops.reshape(positions, (b, 1)), (b, length))
-        write = ops.reshape(ops.equal(rows, pos), (b, 1, length, 1))
-        visible = ops.less_equal(rows, pos)
+        write = ops.reshape(ops.equal(slots, pos), (b, 1, length, 1))
+        visible = ops.less_equal(slots, pos)
         zeros = ops.zeros((b, length), self.causal_mask.dtype)
         mask = ops.reshape(ops.select(visible, zeros, zeros + self.mask_value), (b, 1, 1, 1, length))
         x = self.tok_embeddings(input_ids)
