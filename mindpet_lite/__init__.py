@@ -1,6 +1,7 @@
 """mindpet_lite: a small, checked LoRA toolkit for MindSpore, a drop-in for MindPet."""
 from mindpet_lite._version import __version__
 from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.graph.adapters import delete_adapter, disable_adapter, list_adapters, set_adapter
 from mindpet_lite.graph.freeze import (
     freeze_delta,
     freeze_from_config,
@@ -22,4 +23,8 @@ __all__ = [
     "save_adapter",
     "load_adapter",
     "merge_adapter",
+    "set_adapter",
+    "disable_adapter",
+    "delete_adapter",
+    "list_adapters",
 ]

@@ -1,4 +1,12 @@
-"""Freezing and parameter helpers, with MindPet's include / exclude semantics."""
+"""Freezing and parameter helpers, with MindPet's include / exclude semantics; a network's named adapters."""
+from mindpet_lite.graph.adapters import (
+    adapter_params,
+    adapter_rows,
+    delete_adapter,
+    disable_adapter,
+    list_adapters,
+    set_adapter,
+)
 from mindpet_lite.graph.freeze import (
     freeze_delta,
     freeze_from_config,
@@ -10,4 +18,5 @@ from mindpet_lite.graph.freeze import (
 )
 
 __all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params", "lora_cells",
-           "set_trainable_params", "trainable_params_report"]
+           "set_trainable_params", "trainable_params_report", "list_adapters", "set_adapter", "disable_adapter",
+           "delete_adapter", "adapter_params", "adapter_rows"]

@@ -25,24 +25,15 @@ ADAPTERS = {"a": (4, 8, False, TARGETS, 11), "b": (4, 8, False, TARGETS, 12),
             "c": (2, 3, True, ".*wq", 13)}  # another rank, scaling rule and fewer layers
 
 
-@pytest.fixture(autouse=True)
-def graph_mode():
-    ms.set_context(mode=ms.GRAPH_MODE)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def base_arrays():
+    """Base weights (norms off ones, so a norm mix-up would show), shared by every network here."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(1)
-    net = LlamaForCausalLM(LlamaConfig.from_dict(TINY))
     rng = np.random.default_rng(1)
-    out = {}
-    for name, p in net.parameters_and_names():
-        value = p.asnumpy()
-        if "norm" in name:
-            value = (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32)
-        out[name] = value
-    return out
+    params = LlamaForCausalLM(LlamaConfig.from_dict(TINY)).parameters_and_names()
+    return {name: (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32) if "norm" in name else p.asnumpy()
+            for name, p in params}
 
 
 def _factors(name):
