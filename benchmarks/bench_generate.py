@@ -15,6 +15,15 @@ call); then `--rounds` rounds call each variant once, in a rotated order (benchm
 a ratio is the median of per-round ratios [inter-quartile range]. A streamer times the first token
 (prefill + first choice) and the decode rate over the tokens after it.
 
+``--many-adapters`` measures several adapters in one model instead (the "many adapters" issue): four
+adapters (r=8, alpha=16, q/k/v/o, each its own random A and B) held by one network; `mixed`: one call of
+``--batch`` rows (default 8 here), the rows spread over the 4 adapters in turn (``adapter_names=``);
+`by adapter`: the same rows run adapter by adapter, each group on a network holding only that adapter
+(4 calls, no recompilation, the best a single-adapter model can do); `one among 4` (the multi-adapter
+network with adapter "b" active, no mixing) against `alone` (a network holding only "b") at batch 1;
+and the bytes each extra adapter adds to the network (its parameters: the network's parameter bytes
+after adding it minus before).
+
 With torch, transformers and peft installed (``--no-torch`` leaves it out) a fourth variant, `torch`,
 runs in the same rounds: the same weights converted to Hugging Face Llama (``mindspore_to_hf``) with the
 adapter exported to PEFT (``export_peft``, unmerged), transformers' ``generate`` with its KV cache, greedy,
@@ -126,6 +135,107 @@ def torch_variant(net, threads, folder):
     return call
 
 
+ADAPTER_NAMES = ("default", "b", "c", "d")
+
+
+def many_adapters_nets():
+    """(multi, {name: single}): one network holding 4 adapters, and one network per adapter holding
+    only it (the same base weights and factors)."""
+    # pylint: disable=import-outside-toplevel
+    import numpy as np
+    from mindspore import Tensor
+    from mindpet_lite.graph.freeze import lora_cells
+
+    multi = build()
+    rng = np.random.default_rng(7)
+    before = sum(p.size * p.itemsize for _, p in multi.parameters_and_names())
+    added = []
+    for name in ADAPTER_NAMES[1:]:
+        for cell in lora_cells(multi).values():
+            b_init = Tensor(0.02 * rng.standard_normal((cell.out_channels, 8)).astype(np.float32))
+            cell.add_adapter(name, 8, 16, lora_b_init=b_init)
+        after = sum(p.size * p.itemsize for _, p in multi.parameters_and_names())
+        added.append(after - before)
+        before = after
+    singles = {}
+    for name in ADAPTER_NAMES:
+        net = build()
+        cells = lora_cells(net)
+        for path, cell in lora_cells(multi).items():
+            for leaf, param in cell.named_adapter_parameters(name).items():
+                getattr(cells[path], leaf).set_data(Tensor(param.asnumpy()))
+        singles[name] = net
+    return multi, singles, added
+
+
+def many_adapters(args):
+    """The --many-adapters section (module docstring)."""
+    # pylint: disable=import-outside-toplevel
+    import numpy as np
+    from mindpet_lite.graph.adapters import adapter_params, set_adapter
+    from mindpet_lite.models.generation import generate
+
+    batch = args.batch if args.batch > 1 else 8
+    print(f"# bench_generate --many-adapters: {cpu_model()}, {os.cpu_count()} CPUs visible, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.2f}; tiny Llama {MODEL}; 4 adapters r=8 q/k/v/o; mixed batch {batch}; "
+          f"{args.prompt} prompt + {args.new} new tokens, greedy, float32, GRAPH_MODE")
+    multi, singles, added = many_adapters_nets()
+    set_adapter(multi, "b")  # the active adapter of `one among 4` (the mixed calls override it per row)
+    rng = np.random.default_rng(1)
+    prompts = rng.integers(3, MODEL["vocab_size"], (batch, args.prompt)).tolist()
+    names = [ADAPTER_NAMES[i % 4] for i in range(batch)]
+
+    def timed(net, rows, **kw):
+        clock = _Clock()
+        seqs = generate(net, rows, args.new, use_past=True, streamer=clock, **kw)
+        return clock, seqs
+
+    def mixed():
+        return timed(multi, prompts, adapter_names=names)
+
+    def by_adapter():
+        total, seqs = 0.0, [None] * batch
+        for name in ADAPTER_NAMES:
+            idx = [i for i, n in enumerate(names) if n == name]
+            clock, out = timed(singles[name], [prompts[i] for i in idx])
+            total += clock.total
+            for i, seq in zip(idx, out):
+                seqs[i] = seq
+        clock = _Clock()
+        clock.total, clock.first = total, 0.0
+        return clock, seqs
+
+    variants = {"mixed": mixed, "by adapter": by_adapter,
+                "one among 4": lambda: timed(multi, prompts[:1]), "alone": lambda: timed(singles["b"], prompts[:1])}
+    outputs = {name: fn()[1] for name, fn in variants.items()}  # first calls compile
+    runs = {name: [] for name in variants}
+    order = list(variants)
+    for rnd in range(args.rounds):
+        k = rnd % len(order)
+        for name in order[k:] + order[:k]:
+            runs[name].append(variants[name]()[0])
+    decode_rate = lambda c: (args.new - 1) / (c.total - c.first)  # noqa: E731  (batch 1 variants)
+    rows = [[name, C.med([c.total for c in runs[name]]),
+             (batch if name in ("mixed", "by adapter") else 1) * args.new / C.med([c.total for c in runs[name]]),
+             C.med([decode_rate(c) for c in runs[name]]) if name in ("one among 4", "alone") else "-"]
+            for name in order]
+    print()
+    print(C.table(["variant", "call s (median)", "tokens/s whole call", "decode tokens/s"], rows))
+    total = lambda c: c.total  # noqa: E731
+    ratios = [["by adapter / mixed call time (= mixed throughput gain)",
+               *C.ratio_stats([total(c) for c in runs["by adapter"]], [total(c) for c in runs["mixed"]])],
+              ["one among 4 / alone decode tokens/s",
+               *C.ratio_stats([decode_rate(c) for c in runs["one among 4"]], [decode_rate(c) for c in runs["alone"]])]]
+    print()
+    print(C.table(["ratio (median of per-round ratios)", "median", "q1", "q3"], ratios))
+    per = {name: sum(p.size * p.itemsize for p in adapter_params(multi, name).values()) for name in ADAPTER_NAMES[1:]}
+    print()
+    print(f"bytes per extra adapter: network parameter bytes added {added}, the adapter's own parameter bytes "
+          f"{list(per.values())} ({sum(p.size for p in adapter_params(multi, 'b').values())} float32 values)")
+    print(f"same greedy tokens: mixed == by adapter {outputs['mixed'] == outputs['by adapter']}, "
+          f"one among 4 == alone {outputs['one among 4'] == outputs['alone']}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", type=int, default=64)
@@ -135,8 +245,14 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-torch", dest="torch", action="store_false",
                         help="leave out the transformers + PEFT generate comparison")
+    parser.add_argument("--many-adapters", action="store_true",
+                        help="measure 4 adapters in one model instead: a mixed batch (--batch, default 8) vs the "
+                             "same rows adapter by adapter, one adapter among 4 vs alone, bytes per extra adapter")
     args = parser.parse_args()
     C.setup(args.threads)
+    if args.many_adapters:
+        many_adapters(args)
+        return
     import numpy as np  # pylint: disable=import-outside-toplevel
     from mindpet_lite.models.generation import generate  # pylint: disable=import-outside-toplevel
 
