@@ -195,7 +195,9 @@ def test_lora_unmerged_merged_and_cache_agree():
     (dict(streamer=object()), TypeError, "streamer must have put(tokens) and end()"),
     (dict(input_ids=[[1, 2], []]), TypeError, "input_ids[1] must be a non-empty list"),
     (dict(input_ids=[[1, 99]]), ValueError, "input_ids[0][1] must be an int >= 0 and < 64, got 99"),
-    (dict(adapter_names=["a"]), NotImplementedError, "adapter_names is reserved"),
+    (dict(adapter_names=["a"]), ValueError, "adapter_names must hold one name per row (3 rows), got 1"),
+    (dict(adapter_names=["__base__", "a", "__base__"]), ValueError, "adapter_names[1]: unknown adapter 'a' (str); "
+                                                                     "the network holds []"),
 ])
 def test_bad_arguments_raise_before_any_work(base, kwargs, error, text):
     args = dict(input_ids=PROMPTS, max_new_tokens=3)
