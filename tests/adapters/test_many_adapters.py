@@ -47,8 +47,19 @@ def _with_base(net, base):
     return net
 
 
+_SINGLES = {}
+
+
 def _single(files, name):
-    """A network built from the adapter's own metadata, the adapter loaded the ordinary way."""
+    """A network built from the adapter's own metadata, the adapter loaded the ordinary way (once per
+    file: its compiled graphs are reused)."""
+    key = files[name] if name is not None else None
+    if key not in _SINGLES:
+        _SINGLES[key] = _build_single(files, name)
+    return _SINGLES[key]
+
+
+def _build_single(files, name):
     if name is None:
         return _with_base(tiny_llama(lora=False), files["base"])
     net = tiny_llama(lora=False)

@@ -40,7 +40,7 @@ def _factors(name):
     """{cell path: (A, B)} of an adapter, drawn from its seed, for the layers it targets."""
     rank, _, _, targets, seed = ADAPTERS[name]
     rng = np.random.default_rng(seed)
-    probe = _single(None)
+    probe = _build_single(None, _BASE["arrays"])
     get_pet_model(probe, dict(target_modules=targets, lora_rank=rank, lora_alpha=1, lora_dropout=0.0))
     return {path: ((0.3 * rng.standard_normal((rank, c.in_channels))).astype(np.float32),
                    (0.3 * rng.standard_normal((c.out_channels, rank))).astype(np.float32))
@@ -51,8 +51,16 @@ _BASE = {}
 
 
 def _single(name, base=None):
-    """A fresh network with the base weights and at most one adapter (no named adapters involved)."""
+    """A network with the base weights and at most one adapter (no named adapters involved), built once
+    per adapter (its compiled graphs are reused)."""
     base = _BASE.setdefault("arrays", base) if base is not None else _BASE["arrays"]
+    key = ("single", name)
+    if key not in _BASE:
+        _BASE[key] = _build_single(name, base)
+    return _BASE[key]
+
+
+def _build_single(name, base):
     net = LlamaForCausalLM(LlamaConfig.from_dict(TINY))
     for pname, p in net.parameters_and_names():
         p.set_data(Tensor(base[pname]))
@@ -69,7 +77,8 @@ def _single(name, base=None):
 
 
 def _multi(base):
-    net = _single("a", base)
+    _BASE.setdefault("arrays", base)
+    net = _build_single("a", base)
     cells = lora_cells(net)
     for name in ("b", "c"):
         rank, alpha, rslora, _, _ = ADAPTERS[name]
