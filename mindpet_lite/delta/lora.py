@@ -68,6 +68,8 @@ class LoRADense(nn.Dense):
 
     Inputs:
         - **x** (Tensor) - shape (*, in_channels), rank >= 2.
+        - **rows** (Tensor, optional) - float [B, K] one-hot of each batch row's adapter over the
+          network's K adapters (``set_mix_columns``; a zero row: the base layer); x's first axis is B.
 
     Outputs:
         Tensor of shape (*, out_channels), in the dtype of `x`.
