@@ -19,7 +19,8 @@ a ratio is the median of per-round ratios [inter-quartile range]. A streamer tim
 adapters (r=8, alpha=16, q/k/v/o, each its own random A and B) held by one network; `mixed`: one call of
 ``--batch`` rows (default 8 here), the rows spread over the 4 adapters in turn (``adapter_names=``);
 `by adapter`: the same rows run adapter by adapter, each group on a network holding only that adapter
-(4 calls, no recompilation, the best a single-adapter model can do); `one among 4` (the multi-adapter
+(4 calls, no recompilation, the best a single-adapter model can do); `one adapter, all rows`: the 8
+rows on the network holding only "b" (what mixing costs over one adapter); `one among 4` (the multi-adapter
 network with adapter "b" active, no mixing) against `alone` (a network holding only "b") at batch 1;
 and the bytes each extra adapter adds to the network (its parameters: the network's parameter bytes
 after adding it minus before).
@@ -168,6 +169,26 @@ def many_adapters_nets():
     return multi, singles, added
 
 
+def decode_steps(args, among, alone, reps=40, inner=10):
+    """One decode step (batch 1) of each network, called back to back in interleaved rounds: the
+    tokens/s ratio among / alone as wall-time and CPU-time medians of per-round ratios, "m [q1, q3]"."""
+    # pylint: disable=import-outside-toplevel
+    import mindspore as ms
+    import numpy as np
+    from mindspore import Tensor
+    from mindpet_lite.models.generation import graph_cells
+
+    def step(net):
+        decode = graph_cells(net)[1]
+        caches = ms.mutable(net.new_cache(1, args.prompt + args.new))
+        ids, pos = Tensor(np.ones((1, 1), np.int32)), Tensor(np.array([args.prompt], np.int32))
+        return lambda: decode(ids, pos, caches)[0].asnumpy()
+
+    wall, cpu = C.interleaved({"among": step(among), "alone": step(alone)}, reps=reps, warmup=3, inner=inner)
+    text = lambda t: "{:.3g} [{:.3g}, {:.3g}]".format(*C.ratio_stats(t["alone"], t["among"]))  # noqa: E731
+    return text(wall), text(cpu)
+
+
 def many_adapters(args):
     """The --many-adapters section (module docstring)."""
     # pylint: disable=import-outside-toplevel
@@ -205,7 +226,7 @@ def many_adapters(args):
         clock.total, clock.first = total, 0.0
         return clock, seqs
 
-    variants = {"mixed": mixed, "by adapter": by_adapter,
+    variants = {"mixed": mixed, "by adapter": by_adapter, "one adapter, all rows": lambda: timed(singles["b"], prompts),
                 "one among 4": lambda: timed(multi, prompts[:1]), "alone": lambda: timed(singles["b"], prompts[:1])}
     outputs = {name: fn()[1] for name, fn in variants.items()}  # first calls compile
     runs = {name: [] for name in variants}
@@ -216,7 +237,7 @@ def many_adapters(args):
             runs[name].append(variants[name]()[0])
     decode_rate = lambda c: (args.new - 1) / (c.total - c.first)  # noqa: E731  (batch 1 variants)
     rows = [[name, C.med([c.total for c in runs[name]]),
-             (batch if name in ("mixed", "by adapter") else 1) * args.new / C.med([c.total for c in runs[name]]),
+             (1 if name in ("one among 4", "alone") else batch) * args.new / C.med([c.total for c in runs[name]]),
              C.med([decode_rate(c) for c in runs[name]]) if name in ("one among 4", "alone") else "-"]
             for name in order]
     print()
@@ -224,10 +245,15 @@ def many_adapters(args):
     total = lambda c: c.total  # noqa: E731
     ratios = [["by adapter / mixed call time (= mixed throughput gain)",
                *C.ratio_stats([total(c) for c in runs["by adapter"]], [total(c) for c in runs["mixed"]])],
+              ["mixed / one adapter on all rows, call time (the cost of mixing)",
+               *C.ratio_stats([total(c) for c in runs["mixed"]], [total(c) for c in runs["one adapter, all rows"]])],
               ["one among 4 / alone decode tokens/s",
                *C.ratio_stats([decode_rate(c) for c in runs["one among 4"]], [decode_rate(c) for c in runs["alone"]])]]
     print()
     print(C.table(["ratio (median of per-round ratios)", "median", "q1", "q3"], ratios))
+    print()
+    print(C.table(["decode step only, batch 1, 40 rounds x 10 steps", "wall median [q1, q3]", "CPU median [q1, q3]"],
+                  [["one among 4 / alone tokens/s", *decode_steps(args, multi, singles["b"])]]))
     per = {name: sum(p.size * p.itemsize for p in adapter_params(multi, name).values()) for name in ADAPTER_NAMES[1:]}
     print()
     print(f"bytes per extra adapter: network parameter bytes added {added}, the adapter's own parameter bytes "
