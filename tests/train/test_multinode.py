@@ -76,7 +76,7 @@ def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):  #
 
 
 def _run_nodes(nodes, cmd, tmp_path, timeout=240):
-    """Both launchers at once; [(returncode, stdout, stderr, seconds)] of node 0 and node 1."""
+    """Both launchers at once; [(returncode, stdout, stderr, seconds, exit epoch time)] of node 0 and 1."""
     master = nodes[0][1]
     start = time.monotonic()
     procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path)
@@ -87,7 +87,7 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=240):
             for i, proc in enumerate(procs):
                 if results[i] is None and proc.poll() is not None:
                     out, err = proc.communicate()
-                    results[i] = (proc.returncode, out, err, time.monotonic() - start)
+                    results[i] = (proc.returncode, out, err, time.monotonic() - start, time.time())
             assert time.monotonic() - start < timeout, "the launchers did not finish"
             time.sleep(0.2)
     finally:
@@ -125,18 +125,23 @@ def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path):
     assert max(float(np.abs(one[k] - two[k]).max()) for k in one) <= 1e-5
 
 
-def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path):
+def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path, monkeypatch):
     base, train, _ = tiny_assets
+    failed_at = tmp_path / "failed_at"
+    monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
     script = tmp_path / "failing_run.py"
     script.write_text(dist.FAILING)
     cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
                         "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
     results = _run_nodes(two_nodes, cmd, tmp_path)
-    print("node 0: %.1f s, node 1: %.1f s" % (results[0][3], results[1][3]))
+    after = [r[4] - float(failed_at.read_text()) for r in results]
+    print("node 0: %.1f s in all, %.1f s after the failure; node 1: %.1f s, %.1f s"
+          % (results[0][3], after[0], results[1][3], after[1]))
     assert results[0][0] != 0 and results[1][0] != 0
     assert f"{tmp_path}/logs1/worker_1.log" in results[1][2]
     assert "on purpose" in (tmp_path / "logs1" / "worker_1.log").read_text()
-    assert max(r[3] for r in results) < 90, [r[3] for r in results]
+    assert max(after) < 60, after  # both launchers stop within 60 s of the failure
+    assert max(r[3] for r in results) < 120, [r[3] for r in results]
 
 
 def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
