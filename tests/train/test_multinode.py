@@ -68,18 +68,18 @@ def two_nodes():
             _ip("netns", "del", name)
 
 
-def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):  # pylint: disable=too-many-arguments
-    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, "2", "1", master, "8118",
+def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120, local=1):  # pylint: disable=too-many-arguments
+    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, str(2 * local), str(local), master, "8118",
             str(node_rank), str(logs), "True", str(timeout_s)]
     return subprocess.Popen(args, cwd=cwd, env=dist._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
                             stderr=subprocess.PIPE, text=True)
 
 
-def _run_nodes(nodes, cmd, tmp_path, timeout=240):
+def _run_nodes(nodes, cmd, tmp_path, timeout=240, local=1):
     """Both launchers at once; [(returncode, stdout, stderr, seconds, exit epoch time)] of node 0 and 1."""
     master = nodes[0][1]
     start = time.monotonic()
-    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path)
+    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path, local=local)
              for rank, (ns, _) in enumerate(nodes)]
     results = [None, None]
     try:
@@ -98,27 +98,30 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=240):
     return results
 
 
-def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path):
+@pytest.mark.parametrize("local", [1, 2], ids=["2x1", "2x2"])
+def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path, local):
+    """2 nodes x `local` workers, batch 2 each, against one process with the global batch."""
     base, train = tiny_uneven
+    workers = 2 * local
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)  # pylint: disable=protected-access
+    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", str(2 * workers)), 1, None, tmp_path)  # pylint: disable=protected-access
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2")
-    results = _run_nodes(two_nodes, cmd, tmp_path)
-    for rank, (code, out, err, took) in enumerate(results):
+                        "--parallel_config.data_parallel", str(workers))
+    results = _run_nodes(two_nodes, cmd, tmp_path, timeout=240 * local, local=local)
+    for rank, (code, out, err, took, _) in enumerate(results):
         assert code == 0, f"node {rank}: {out[-2000:]}{err[-2000:]}"
         print(f"node {rank}: {took:.1f} s")
     assert (tmp_path / "logs0" / "scheduler.log").exists()  # the scheduler runs on node 0 only
     assert not (tmp_path / "logs1" / "scheduler.log").exists()
-    assert (tmp_path / "logs1" / "worker_1.log").exists()
+    assert (tmp_path / "logs1" / f"worker_{workers - 1}.log").exists()  # node 1 runs the last ranks
 
     ranks = []
-    for r in (0, 1):
+    for r in range(workers):
         with open(os.path.join(multi, "ranks", f"rank_{r}.json"), encoding="utf-8") as f:
             ranks.append(json.load(f))
-    assert [x["rank_size"] for x in ranks] == [2, 2] and [x["steps"] for x in ranks] == [3, 3]
-    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]  # the same adapter on every rank
+    assert [x["rank_size"] for x in ranks] == [workers] * workers and [x["steps"] for x in ranks] == [3] * workers
+    assert len({x["adapter_sha256"] for x in ranks}) == 1  # the same adapter on every rank
     one = dist._adapter(os.path.join(single, "adapter.ckpt"))  # pylint: disable=protected-access
     two = dist._adapter(os.path.join(multi, "adapter.ckpt"))  # pylint: disable=protected-access
     assert sorted(one) == sorted(two)
