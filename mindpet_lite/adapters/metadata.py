@@ -187,13 +187,15 @@ def adapter_config(net, config=None):
         config = LoraConfig.from_dict(config)
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
-    for name, cell in cells.items():
-        if cell.lora_rank != config.lora_rank:
-            raise ValueError(f"config.lora_rank={config.lora_rank} but {name} has lora_rank={cell.lora_rank}: "
+    for name, cell in cells.items():  # each layer's own rank / alpha (rank_pattern / alpha_pattern)
+        if cell.lora_rank != config.rank_for(name):
+            via = " (its rank_pattern)" if config.rank_for(name) != config.lora_rank else ""
+            raise ValueError(f"config.lora_rank={config.rank_for(name)}{via} but {name} has lora_rank={cell.lora_rank}: "
                              "the metadata would not describe the weights")
-        if not math.isclose(cell.scaling, config.scaling, rel_tol=1e-9):
-            raise ValueError(f"config scaling {config.scaling:g} (lora_alpha={config.lora_alpha}, "
-                             f"use_rslora={config.use_rslora}) but {name} computes with scaling {cell.scaling:g}")
+        if not math.isclose(cell.scaling, config.scaling_for(name), rel_tol=1e-9):
+            raise ValueError(f"config gives {name} scaling {config.scaling_for(name):g} (lora_alpha="
+                             f"{config.alpha_for(name)}, use_rslora={config.use_rslora}) but it computes with "
+                             f"scaling {cell.scaling:g}")
     return config
 
 
