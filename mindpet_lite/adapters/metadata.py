@@ -12,8 +12,10 @@ safetensors header entry ``mindpet_lite``)::
 MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
 The same ``LoraConfig`` that the YAML produced is written here and read back by load, merge and
-export through :func:`lora_config`: the scaling always comes from ``LoraConfig.scaling`` (the stored
-``scaling`` is a cross-check, and the number used only by files without a pet_config).
+export through :func:`lora_config`: the scaling always comes from the LoraConfig, per layer
+(``LoraConfig.scaling_for(path)``: rank_pattern / alpha_pattern; the stored ``scaling`` is the default
+layer's, a cross-check, and the number used only by files without a pet_config). The pattern maps are
+stored as ``[[key, value], ...]`` so that the sorted JSON keeps their first-match order.
 
 The base fingerprint hashes the sorted ``(name, shape)`` pairs of the network's non-LoRA parameters,
 i.e. the base model, whether or not ``freeze_exclude`` left some of them trainable: the same base gives

@@ -222,7 +222,7 @@ def _read_config(peft_dir):
     for key, allowed in _REFUSED.items():
         if key in config and config[key] not in allowed:
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (a LoRADense holds plain LoRA with "
-                             "one rank and alpha; DoRA, per-module patterns, LoRA biases and the like cannot be "
+                             "its own rank and alpha per layer; DoRA, LoRA biases and the like cannot be "
                              "represented)")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{path}: bias={config['bias']!r} is not supported (only 'none')")

@@ -41,9 +41,14 @@ PEFTS = {
 
 
 @pytest.fixture(autouse=True)
-def _torch_threads():
+def _torch_threads_and_pynative():
+    """2 torch threads; PyNative for the training steps whatever mode an earlier test left set."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=before)
 
 
 def token_ids(seed, shape=(2, 12)):
