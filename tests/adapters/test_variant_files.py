@@ -124,3 +124,46 @@ def test_import_checks_peft_variant_values(tmp_path, key, value, text):
     with pytest.raises(ValueError, match=text):
         import_peft(str(tmp_path / "peft"), str(tmp_path / "out.ckpt"))
     assert not os.path.exists(tmp_path / "out.ckpt")
+
+
+def test_cells_built_by_hand_with_different_ranks_are_described_by_patterns(tmp_path):
+    """A network without a pet_config whose LoRA cells differ in rank / alpha: the metadata describes each
+    layer (rank_pattern / alpha_pattern of exact paths), so merge gives each its own scaling."""
+    import mindspore as ms
+    from mindspore import nn
+    from mindpet_lite.delta import LoRADense
+    from mindpet_lite.adapters import pet_config_from_metadata
+
+    class Sub(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = LoRADense(4, 4, 4, 8, compute_dtype=ms.float32)  # sub.fc1: an unanchored 'fc1' matches it
+
+        def construct(self, x):
+            return self.fc1(x)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = LoRADense(8, 6, 2, 8, compute_dtype=ms.float32)
+            self.fc2 = LoRADense(6, 4, 4, 8, compute_dtype=ms.float32)
+            self.inner = nn.SequentialCell([LoRADense(4, 4, 4, 3, compute_dtype=ms.float32)])
+            self.sub = Sub()
+
+        def construct(self, x):
+            return self.sub(self.inner(self.fc2(self.fc1(x))))
+
+    net = randomize(Net(), seed=4)
+    for name, p in net.parameters_and_names():
+        p.requires_grad = "mindpet_delta_lora" in name
+    path = str(tmp_path / "a.safetensors")
+    meta = save_adapter(net, path)
+    config = pet_config_from_metadata(meta)
+    assert (config.lora_rank, config.lora_alpha) == (4, 8)
+    assert config.rank_pattern == {"^fc1": 2} and config.alpha_pattern == {r"inner\.0": 3}
+    params = {n: p.asnumpy().copy() for n, p in net.parameters_and_names()}
+    base = {n: v for n, v in params.items() if "mindpet_delta_lora" not in n}
+    merged = merge_weights(base, path)
+    for module, s in {"fc1": 8 / 2, "fc2": 8 / 4, "inner.0": 3 / 4, "sub.fc1": 8 / 4}.items():
+        want = merged_weight(base[f"{module}.weight"], params[f"{module}.{A}"], params[f"{module}.{B}"], s, "out_in")
+        np.testing.assert_allclose(merged[f"{module}.weight"], want, rtol=1e-5, atol=1e-6, err_msg=module)
