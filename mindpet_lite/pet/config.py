@@ -36,6 +36,8 @@ class LoraConfig:
         whole subtree.
     param_init_type / compute_dtype: None inherits the replaced layer's dtype.
     freeze_include / freeze_exclude: MindPet globs applied after everything but LoRA is frozen.
+    rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, modules_to_save, loraplus_lr_ratio:
+        HF PEFT's variant keys (help text on each field; matching rules in ``pet/variants.py``).
     """
 
     pet_type: str = "lora"
