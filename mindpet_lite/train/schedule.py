@@ -58,8 +58,8 @@ def loraplus_groups(params, lr_table, loraplus_lr_ratio):
     ratio x table}]`` (PEFT's create_loraplus_optimizer split: LoRA B factors and 1-D parameters, e.g. DoRA
     magnitudes and norms, take the ratio); an empty group is left out."""
     _checks.check_number("loraplus_lr_ratio", loraplus_lr_ratio, above=0)
-    fast = [p for p in params if p.name.endswith(LORA_B) or len(p.shape) == 1]
-    slow = [p for p in params if not (p.name.endswith(LORA_B) or len(p.shape) == 1)]
+    fast = [p for p in params if LORA_B in p.name or len(p.shape) == 1]  # B of any adapter name
+    slow = [p for p in params if not (LORA_B in p.name or len(p.shape) == 1)]
     table = np.asarray(lr_table, dtype=np.float32)
     groups = [{"params": slow, "lr": Tensor(table, mstype.float32)},
               {"params": fast, "lr": Tensor(table * np.float32(loraplus_lr_ratio), mstype.float32)}]
