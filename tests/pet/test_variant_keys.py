@@ -98,7 +98,7 @@ def test_every_variant_field_carries_help_text():
 
 # ---- the matching rules, against PEFT's own functions -------------------------------------------
 def test_pattern_rule_is_peft_get_pattern_key():
-    from peft.utils.other import get_pattern_key
+    get_pattern_key = pytest.importorskip("peft.utils.other").get_pattern_key
     keys_list = [["wq"], ["attention.wq", "wq"], [r"layers\.1\.attention\.wq", "wq"], ["q"], ["layers.0.*"],
                  ["w.", "feed_forward.w2"], ["lm_head", "norm"]]
     for keys in keys_list:
@@ -122,8 +122,8 @@ def test_first_matching_key_wins_and_survives_the_metadata_json():
 @pytest.mark.parametrize("layers, pattern", [([1], None), ([0, 2], None), (1, None), ([2], "layers"),
                                              ([0, 1], ["blocks", "layers"]), ([0], "attention")])
 def test_layers_to_transform_rule_is_peft(layers, pattern):
-    import peft
-    from peft.tuners.tuners_utils import check_target_module_exists
+    peft = pytest.importorskip("peft")
+    check_target_module_exists = pytest.importorskip("peft.tuners.tuners_utils").check_target_module_exists
     leaves = ["wq", "wv", "w2", "attention_norm", "lm_head"]
     peft_cfg = peft.LoraConfig(target_modules=leaves, layers_to_transform=layers, layers_pattern=pattern)
     ours = make(target_modules=leaves, layers_to_transform=layers, layers_pattern=pattern)
