@@ -36,6 +36,8 @@ PEFTS = {
     "patterns": dict(target_modules=HF_ALL, rank_pattern={"q_proj": 2, "layers.1.mlp.down_proj": 6},
                      alpha_pattern={"v_proj": 3, r"model\.layers\.0\.self_attn\.o_proj": 20}),
     "layers": dict(target_modules=["q_proj", "v_proj", "down_proj"], layers_to_transform=[1]),
+    "layers_pattern": dict(target_modules=["k_proj", "up_proj"], layers_to_transform=0, layers_pattern="layers",
+                           rank_pattern={"up_proj": 8}),
     "modules_to_save": dict(target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head", "model.norm"]),
 }
 
@@ -193,5 +195,8 @@ def test_peft_made_variant_runs_in_mindpet(tmp_path, kind):
     if kind == "layers":
         assert sorted(cells) == ["model.layers.1.attention.wq", "model.layers.1.attention.wv",
                                  "model.layers.1.feed_forward.w2"]
+    if kind == "layers_pattern":
+        assert {c: cells[c].lora_rank for c in cells} == {"model.layers.0.attention.wk": 4,
+                                                          "model.layers.0.feed_forward.w3": 8}
     if kind == "modules_to_save":
         assert sorted(meta["pet_config"]["modules_to_save"]) == ["lm_head", "model.norm_out"]
