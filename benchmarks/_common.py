@@ -74,6 +74,22 @@ def interleaved(fns, reps=15, warmup=3, inner=1, after=None):
     return wall, cpu
 
 
+def cpu_model():
+    """The CPU model as lscpu names it (benchmarks print it in their header: speeds differ by machine)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+    return names[0] if names else "unknown"
+
+
+def print_header(script):
+    """First line of every benchmark: which machine, how loaded (speeds differ a lot by CPU model)."""
+    print(f"# {os.path.basename(script)}: {cpu_model()}, {os.cpu_count()} CPUs visible, "
+          f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+
+
 def med(xs):
     return statistics.median(xs)
 

@@ -139,6 +139,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=".", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    C.print_header(__file__)
     if args.bench_worker:
         return worker(args)
 

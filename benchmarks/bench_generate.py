@@ -33,8 +33,6 @@ by the same kind of streamer (transformers calls ``put`` with the prompt first, 
 """
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,15 +43,6 @@ import _common as C  # noqa: E402  pylint: disable=wrong-import-position
 MODEL = dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=1376, vocab_size=4096, seq_length=256)
 LORA = {"pet_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ".*wq|.*wk|.*wv|.*wo"}
-
-
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-    return names[0] if names else "unknown"
 
 
 class _Clock:
@@ -282,7 +271,7 @@ def main():
     import numpy as np  # pylint: disable=import-outside-toplevel
     from mindpet_lite.models.generation import generate  # pylint: disable=import-outside-toplevel
 
-    print(f"# bench_generate: {cpu_model()}, {os.cpu_count()} CPUs visible, {args.threads} threads, load average "
+    print(f"# bench_generate: {C.cpu_model()}, {os.cpu_count()} CPUs visible, {args.threads} threads, load average "
           f"{os.getloadavg()[0]:.2f}; tiny Llama {MODEL}; LoRA r=8 q/k/v/o; batch {args.batch}, "
           f"{args.prompt} prompt + {args.new} new tokens, greedy, float32, GRAPH_MODE")
     nets = {"cache": build(), "cache merged": build(), "recompute": build()}

@@ -139,6 +139,7 @@ def main():
     parser.add_argument("--only-large", action="store_true", help="only the [4096,4096] shape")
     parser.add_argument("--large-rounds", type=int, default=10, help="interleaved rounds at [4096,4096]")
     args = parser.parse_args()
+    C.print_header(__file__)
     ms = C.setup(args.threads)
     variants = ["dense", "lora", "lora-branch", "mindpet", "merged"]
     shapes = SHAPES[:1] if args.quick else SHAPES

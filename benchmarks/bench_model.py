@@ -147,6 +147,7 @@ def main():
     parser.add_argument("--mode", default="lora", help=argparse.SUPPRESS)
     parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    C.print_header(__file__)
     if args.side:
         reps = args.reps or (12 if args.size == "tiny" else 5)
         wall, cpu, info = side_by_side(args.size, reps, args.step.split(","), args.threads)

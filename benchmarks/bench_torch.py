@@ -135,6 +135,7 @@ def main():
     parser.add_argument("--inproc", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", default="ms", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    C.print_header(__file__)
     if args.child:
         return child(args)
     if args.inproc:

@@ -143,6 +143,7 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-3, help=argparse.SUPPRESS)
     parser.add_argument("--data", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    C.print_header(__file__)
     if args.run:
         return run(args)
 

@@ -34,7 +34,9 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(params=[GRAPH, PYNATIVE], ids=["graph", "pynative"])
 def mode(request):
-    """Run the test in GRAPH_MODE and in PYNATIVE_MODE."""
+    """Run the test in GRAPH_MODE and in PYNATIVE_MODE; the mode set before comes back after (a test
+    that does not ask for a mode must not depend on which test ran before it)."""
+    before = ms.get_context("mode")
     ms.set_context(mode=request.param)
     yield request.param
-    ms.set_context(mode=GRAPH)
+    ms.set_context(mode=before)

@@ -164,7 +164,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     if ambiguous:
         detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
         raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
-    net_lora = set(get_adapter_params(net))
+    net_lora = set(get_adapter_params(net)) | set(_saved_params(net))
     missing = sorted(net_lora - set(mapping.values()))
     problems = []
     if missing:
@@ -218,15 +218,27 @@ def _check_same_base(net, meta, path, strict):
     logger.warning("load_adapter (strict=False): %s", text)
 
 
+def _saved_params(net):
+    """{name: Parameter} of the cells the network's pet_config lists in modules_to_save."""
+    config = getattr(net, "pet_config", None)
+    if not getattr(config, "modules_to_save", None):
+        return {}
+    held = {id(p) for path, cell in net.cells_and_names() if path and config.saves_module(path)
+            for p in cell.get_parameters()}
+    return {name: p for name, p in net.parameters_and_names() if id(p) in held}
+
+
 def _check_cells(net, mapping, meta, path, strict):
     cells = lora_cells(net)
     targets = set(mapping.values())
-    scaling = _meta.adapter_scaling(meta)
+    config = _meta.lora_config(meta)
     for name, cell in cells.items():
         if f"{name}.{LORA_A}" not in targets and f"{name}.{LORA_B}" not in targets:
             continue
         if cell.merged:
             raise ValueError(f"{name} is merged: unmerge() it before loading an adapter onto it")
+        # each layer's own scaling (rank_pattern / alpha_pattern), else the file's one number
+        scaling = config.scaling_for(name) if config is not None else _meta.adapter_scaling(meta)
         if scaling is not None and not math.isclose(cell.scaling, scaling, rel_tol=1e-6):
             text = (f"{path} was trained with scaling {scaling:g} but {name} computes with {cell.scaling:g} "
                     f"(lora_alpha={cell.lora_alpha}, rank={cell.lora_rank}, rslora={cell.use_rslora}); build the "

@@ -1,6 +1,7 @@
 """Merge an adapter into base weights for serving: W' = W + s·B·A (and back: W = W' - s·B·A).
 
-* s comes from the adapter's metadata (alpha / rank, alpha / sqrt(rank) with rsLoRA); an explicit
+* s comes from the adapter's metadata, per layer (its own alpha / rank from rank_pattern / alpha_pattern;
+  alpha / sqrt(rank) with rsLoRA); an explicit
   ``scaling`` only overrides it. An adapter without metadata (MindFormers / mcore files) needs an explicit
   ``scaling``: it is never guessed (MindFormers' transform_ckpt_lora.py silently uses 1).
 * The update is computed in float32 and added to W in float32, then cast back to W's dtype once: a
@@ -64,26 +65,30 @@ def _as_base(base):
 
 
 def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
-    """A function rank -> s, from an explicit scaling, an explicit alpha, or the metadata."""
+    """A function (module, rank) -> s, from an explicit scaling, an explicit alpha, or the metadata
+    (each layer's own rank and alpha: rank_pattern / alpha_pattern)."""
     scaling = _check_scaling(scaling)
     if scaling is not None:
-        return lambda rank: scaling
+        return lambda module, rank: scaling
     if lora_alpha is not None:
         _checks.check_lora_alpha("lora_alpha", lora_alpha)
         _checks.check_bool("use_rslora", use_rslora)
-        return lambda rank: lora_scaling(lora_alpha, rank, use_rslora)
-    config = _meta.lora_config(meta)  # read once: its scaling and rank
-    s = config.scaling if config is not None else _meta.adapter_scaling(meta)
-    if s is None:
-        raise ValueError("the adapter carries no metadata giving its scaling (MindFormers / mcore files hold no "
-                         "lora_alpha): pass scaling= (lora_alpha / lora_rank) explicitly")
-    cfg_rank = config.lora_rank if config is not None else None
+        return lambda module, rank: lora_scaling(lora_alpha, rank, use_rslora)
+    config = _meta.lora_config(meta)  # read once: its scalings and ranks
+    if config is None:
+        s = _meta.adapter_scaling(meta)
+        if s is None:
+            raise ValueError("the adapter carries no metadata giving its scaling (MindFormers / mcore files hold no "
+                             "lora_alpha): pass scaling= (lora_alpha / lora_rank) explicitly")
+        return lambda module, rank: s
 
-    def from_meta(rank):
-        if cfg_rank is not None and rank != cfg_rank:
-            raise ValueError(f"the adapter's metadata says lora_rank={cfg_rank} but a pair has rank {rank}: "
-                             "the metadata does not describe these weights; pass scaling= explicitly")
-        return s
+    def from_meta(module, rank):
+        if rank != config.rank_for(module):
+            via = " (its rank_pattern)" if config.rank_for(module) != config.lora_rank else ""
+            raise ValueError(f"the adapter's metadata says lora_rank={config.rank_for(module)}{via} but a pair has "
+                             f"rank {rank} ({module}): the metadata does not describe these weights; pass scaling= "
+                             "explicitly")
+        return config.scaling_for(module)
     return from_meta
 
 
@@ -171,7 +176,7 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
         a, b = pairs[wanted[key]]
         plan[key] = (tuple(weights[base_key].shape), b.shape[0], a.shape[1])
     layouts = _resolve_layouts(plan, layout, meta.get("weight_layout"))
-    scales = {key: scale(pairs[wanted[key]][0].shape[0]) for key in mapping}  # all checks before any math
+    scales = {key: scale(wanted[key], pairs[wanted[key]][0].shape[0]) for key in mapping}  # checks before math
 
     out = dict(weights)
     sign = -1.0 if unmerge else 1.0

@@ -12,8 +12,10 @@ safetensors header entry ``mindpet_lite``)::
 MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
 The same ``LoraConfig`` that the YAML produced is written here and read back by load, merge and
-export through :func:`lora_config`: the scaling always comes from ``LoraConfig.scaling`` (the stored
-``scaling`` is a cross-check, and the number used only by files without a pet_config).
+export through :func:`lora_config`: the scaling always comes from the LoraConfig, per layer
+(``LoraConfig.scaling_for(path)``: rank_pattern / alpha_pattern; the stored ``scaling`` is the default
+layer's, a cross-check, and the number used only by files without a pet_config). The pattern maps are
+stored as ``[[key, value], ...]`` so that the sorted JSON keeps their first-match order.
 
 The base fingerprint hashes the sorted ``(name, shape)`` pairs of the network's non-LoRA parameters,
 i.e. the base model, whether or not ``freeze_exclude`` left some of them trainable: the same base gives
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 
 from mindspore import nn
 
@@ -32,6 +35,7 @@ from mindpet_lite import _checks, _files
 from mindpet_lite._version import __version__
 from mindpet_lite.adapters.names import LORA_MARK
 from mindpet_lite.graph.freeze import lora_cells
+from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -169,7 +173,8 @@ def adapter_config(net, config=None):
     1. ``config``, when given (a LoraConfig or a pet_config dict);
     2. the config ``get_pet_model`` attached to the network (``net.pet_config``);
     3. a MindFormers model's own ``net.config.pet_config`` block (its LoRA keys);
-    4. a config described from the LoRA cells themselves (they must agree on rank, alpha, rsLoRA).
+    4. a config described from the LoRA cells themselves (per-layer ranks / alphas as rank_pattern /
+       alpha_pattern; they must agree on rsLoRA).
 
     Whichever it is must agree with every LoRA cell (rank and scaling), or the metadata would not
     describe the weights. None for a network without LoRA cells and without a config.
@@ -187,13 +192,15 @@ def adapter_config(net, config=None):
         config = LoraConfig.from_dict(config)
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
-    for name, cell in cells.items():
-        if cell.lora_rank != config.lora_rank:
-            raise ValueError(f"config.lora_rank={config.lora_rank} but {name} has lora_rank={cell.lora_rank}: "
+    for name, cell in cells.items():  # each layer's own rank / alpha (rank_pattern / alpha_pattern)
+        if cell.lora_rank != config.rank_for(name):
+            via = " (its rank_pattern)" if config.rank_for(name) != config.lora_rank else ""
+            raise ValueError(f"config.lora_rank={config.rank_for(name)}{via} but {name} has lora_rank={cell.lora_rank}: "
                              "the metadata would not describe the weights")
-        if not math.isclose(cell.scaling, config.scaling, rel_tol=1e-9):
-            raise ValueError(f"config scaling {config.scaling:g} (lora_alpha={config.lora_alpha}, "
-                             f"use_rslora={config.use_rslora}) but {name} computes with scaling {cell.scaling:g}")
+        if not math.isclose(cell.scaling, config.scaling_for(name), rel_tol=1e-9):
+            raise ValueError(f"config gives {name} scaling {config.scaling_for(name):g} (lora_alpha="
+                             f"{config.alpha_for(name)}, use_rslora={config.use_rslora}) but it computes with "
+                             f"scaling {cell.scaling:g}")
     return config
 
 
@@ -210,14 +217,22 @@ def _mindformers_config(net):
 
 
 def _describe_cells(cells):
-    """A LoraConfig describing LoRA cells built without one (all must agree)."""
-    keys = {(c.lora_rank, c.lora_alpha, c.use_rslora) for c in cells.values()}
-    if len(keys) != 1:
-        raise ValueError(f"the LoRA cells disagree on (lora_rank, lora_alpha, use_rslora): {sorted(keys)}; "
-                         "pass config= to say what the adapter is")
-    rank, alpha, rslora = keys.pop()
+    """A LoraConfig describing LoRA cells built without one: the commonest rank and alpha are lora_rank /
+    lora_alpha, a layer with another gets a rank_pattern / alpha_pattern key of its own (its escaped path,
+    anchored when it would also match another layer's); all must agree on rsLoRA."""
+    rslora = {c.use_rslora for c in cells.values()}
+    if len(rslora) != 1:
+        raise ValueError("the LoRA cells disagree on use_rslora; pass config= to say what the adapter is")
+    rank = Counter(c.lora_rank for c in cells.values()).most_common(1)[0][0]
+    alpha = Counter(c.lora_alpha for c in cells.values()).most_common(1)[0][0]
+    keys = {}
+    for name in cells:
+        key = re.escape(name)
+        keys[name] = f"^{key}" if any(variants.pattern_key([key], other) for other in cells if other != name) else key
     dropouts = {float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0
                 for c in cells.values()}
     leaves = sorted({name.rsplit(".", 1)[-1] for name in cells})
-    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=max(dropouts),
-                      target_modules="|".join(f".*{re.escape(leaf)}" for leaf in leaves))
+    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora.pop(), lora_dropout=max(dropouts),
+                      target_modules="|".join(f".*{re.escape(leaf)}" for leaf in leaves),
+                      rank_pattern={keys[n]: c.lora_rank for n, c in cells.items() if c.lora_rank != rank},
+                      alpha_pattern={keys[n]: c.lora_alpha for n, c in cells.items() if c.lora_alpha != alpha})

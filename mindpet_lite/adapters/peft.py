@@ -10,8 +10,15 @@ paths are renamed (``attention.wq`` <-> ``self_attn.q_proj``, ``feed_forward.w1`
 Parameters the adapter left fully trainable (``freeze_exclude``) are exported as PEFT
 ``modules_to_save`` (``base_model.model.<HF name>``) and imported back.
 
-Import refuses what a LoRADense cannot hold: DoRA, per-module ``rank_pattern`` / ``alpha_pattern``,
-LoRA biases, embedding LoRA, ``fan_in_fan_out``, and other PEFT types.
+Per-layer ranks / alphas travel as PEFT's ``rank_pattern`` / ``alpha_pattern``: on export one key per
+layer that differs from r / lora_alpha, its HF module path (``model.layers.0.self_attn.q_proj``); on import
+PEFT's keys are resolved with PEFT's rule against each HF module and written back as our module paths.
+``layers_to_transform`` is written (the adapted layer indices) when target_modules is a list of names, as
+PEFT requires; ``modules_to_save`` are the full tensors (``base_model.model.<HF name>``, as PEFT saves
+them). ``loraplus_lr_ratio`` trains only: not a PEFT LoraConfig key, not written (logged).
+
+Import refuses what a LoRADense cannot hold: DoRA, LoRA biases, embedding LoRA, ``fan_in_fan_out``, and
+other PEFT types.
 """
 import json
 import logging
@@ -24,6 +31,7 @@ from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters import names
 from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -37,8 +45,6 @@ _PREFIX = names.PEFT_PREFIX
 # adapter_config.json keys whose non-default value changes the math in a way we cannot represent
 _REFUSED = {
     "use_dora": (False, None),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
     "lora_bias": (False, None),
     "fan_in_fan_out": (False, None),
     "use_qalora": (False, None),
@@ -113,13 +119,7 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     pairs, extras = names.split_lora_pairs(tensors)
     if not pairs:
         raise ValueError("the adapter holds no LoRA pairs to export")
-    ranks = {a.shape[0] for a, _ in pairs.values()}
-    if len(ranks) != 1:
-        raise ValueError(f"the LoRA pairs have different ranks {sorted(ranks)}: PEFT rank_pattern is not written")
-    rank = ranks.pop()
-    if lora_config is not None and lora_config.lora_rank != rank:
-        raise ValueError(f"the adapter's metadata says lora_rank={lora_config.lora_rank} but its weights have "
-                         f"rank {rank}")
+    rank = _check_ranks(pairs, lora_config)
     alpha = lora_alpha if lora_alpha is not None else getattr(lora_config, "lora_alpha", None)
     if alpha is None:
         raise ValueError("the adapter carries no lora_alpha (no metadata): pass lora_alpha= "
@@ -130,13 +130,17 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         rslora = _checks.check_bool("use_rslora", use_rslora)
 
-    out, unknown, hf_modules = {}, [], []
+    out, unknown, hf_modules, rank_pattern, alpha_pattern = {}, [], [], {}, {}
     for module, (a, b) in sorted(pairs.items()):
         hf = _hf_module(module)
         if hf is None:
             unknown.append(module)
             continue
         hf_modules.append(hf)
+        if a.shape[0] != rank:  # per-layer values as PEFT keys: the HF module path (PEFT's suffix rule)
+            rank_pattern[hf] = int(a.shape[0])
+        if lora_config is not None and lora_config.alpha_for(module) != alpha:
+            alpha_pattern[hf] = lora_config.alpha_for(module)
         out[f"{_PREFIX}{hf}.lora_A.weight"] = a
         out[f"{_PREFIX}{hf}.lora_B.weight"] = b
     to_save = []
@@ -151,19 +155,43 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         raise ValueError(f"{len(unknown)} adapter entries have no Hugging Face Llama counterpart: "
                          f"{_checks.short_list(unknown)}")
     dropout = lora_config.lora_dropout if lora_config is not None else 0.0
+    targets = _target_modules(hf_modules, lora_config)
+    layers = None  # PEFT allows layers_to_transform with a list of target names only
+    if getattr(lora_config, "layers_to_transform", None) is not None and isinstance(targets, list):
+        layers = sorted({int(m.group(1)) for m in map(names.LAYER_RE.match, hf_modules) if m})
+    if getattr(lora_config, "loraplus_lr_ratio", None) is not None:
+        logger.info("export_peft: loraplus_lr_ratio=%g is a training setting, not a PEFT LoraConfig key: not "
+                    "written (PEFT trains LoRA+ with peft.optimizers.create_loraplus_optimizer)",
+                    lora_config.loraplus_lr_ratio)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(rank), "lora_alpha": alpha,
-        "use_rslora": rslora, "target_modules": _target_modules(hf_modules, lora_config), "lora_dropout": dropout,
+        "use_rslora": rslora, "target_modules": targets, "lora_dropout": dropout,
         "bias": "none", "base_model_name_or_path": base_model_name_or_path, "fan_in_fan_out": False,
         "modules_to_save": to_save or None, "init_lora_weights": True, "inference_mode": True,
-        "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "layers_to_transform": None,
-        "layers_pattern": None, "revision": None,
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "use_dora": False,
+        "layers_to_transform": layers, "layers_pattern": None, "revision": None,
     }
     os.makedirs(out_dir, exist_ok=True)
     _files.write_checkpoint(out, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", text={"format": "pt"})
     _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
+
+
+def _check_ranks(pairs, lora_config):
+    """PEFT's r: the config's lora_rank, each pair's rank checked against its rank_pattern; without a
+    config, the one rank all pairs share."""
+    if lora_config is None:
+        ranks = {a.shape[0] for a, _ in pairs.values()}
+        if len(ranks) != 1:
+            raise ValueError(f"the LoRA pairs have different ranks {sorted(ranks)} and the adapter has no metadata "
+                             "(no lora_rank / rank_pattern) to say which is which")
+        return int(ranks.pop())
+    for module, (a, _) in pairs.items():
+        if a.shape[0] != lora_config.rank_for(module):
+            raise ValueError(f"the adapter's metadata gives {module} lora_rank={lora_config.rank_for(module)} "
+                             f"(lora_rank, rank_pattern) but its weights have rank {a.shape[0]}")
+    return lora_config.lora_rank
 
 
 def _check_override(lora_config, lora_alpha, use_rslora):
@@ -194,7 +222,7 @@ def _read_config(peft_dir):
     for key, allowed in _REFUSED.items():
         if key in config and config[key] not in allowed:
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (a LoRADense holds plain LoRA with "
-                             "one rank and alpha; DoRA, per-module patterns, LoRA biases and the like cannot be "
+                             "its own rank and alpha per layer; DoRA, LoRA biases and the like cannot be "
                              "represented)")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
@@ -224,8 +252,10 @@ def read_peft_adapter(peft_dir):
                              "safe_serialization=True)")
         raise FileNotFoundError(f"{peft_dir}: no {WEIGHTS_NAME}")
     raw, _ = _files.read_checkpoint(weights)
-    tensors, unknown, leaves = {}, [], set()
+    tensors, unknown, leaves, saved = {}, [], set(), []
     rank = config["r"]
+    rank_pattern, alpha_pattern = _read_pattern(config, "rank_pattern"), _read_pattern(config, "alpha_pattern")
+    our_ranks, our_alphas = {}, {}  # per-module values, keyed by our module path
     for key, array in raw.items():
         if "lora_embedding" in key or "lora_magnitude" in key or key.endswith(".lora_A.bias") \
                 or key.endswith(".lora_B.bias"):
@@ -240,17 +270,24 @@ def read_peft_adapter(peft_dir):
                 continue
             which = LORA_A if match.group(2) == "A" else LORA_B
             r = array.shape[0] if which == LORA_A else array.shape[-1]
-            if array.ndim != 2 or r != rank:
-                raise ValueError(f"{weights}: {key} has shape {list(array.shape)}, not rank r={rank} of "
+            want = _pattern_value(rank_pattern, match.group(1), rank)  # PEFT's rank for this module
+            if array.ndim != 2 or r != want:
+                via = " of its rank_pattern" if want != rank else ""
+                raise ValueError(f"{weights}: {key} has shape {list(array.shape)}, not rank r={want}{via} of "
                                  f"{CONFIG_NAME}")
             tensors[f"{module}.{which}"] = array
             leaves.add(module.rsplit(".", 1)[-1])
+            if want != rank:
+                our_ranks[module] = want
+            if _pattern_value(alpha_pattern, match.group(1), config["lora_alpha"]) != config["lora_alpha"]:
+                our_alphas[module] = _pattern_value(alpha_pattern, match.group(1), config["lora_alpha"])
         else:
             ours = names.hf_name_to_mindspore(name.replace(".modules_to_save.default.", "."))
             if ours is None:
                 unknown.append(key)
                 continue
             tensors[ours] = array
+            saved.append(ours.rsplit(".", 1)[0])
     if unknown:
         raise ValueError(f"{weights}: {len(unknown)} keys have no built-in Llama counterpart: {_checks.short_list(unknown)}")
     if not any(k.endswith(LORA_A) for k in tensors):
@@ -260,10 +297,28 @@ def read_peft_adapter(peft_dir):
     lora_config = LoraConfig(lora_rank=int(rank), lora_alpha=config["lora_alpha"],
                              lora_dropout=float(config.get("lora_dropout") or 0.0),
                              use_rslora=bool(config.get("use_rslora", False)),
-                             target_modules="|".join(f".*{leaf}" for leaf in sorted(leaves)))
+                             target_modules="|".join(f".*{leaf}" for leaf in sorted(leaves)),
+                             rank_pattern=our_ranks, alpha_pattern=our_alphas,
+                             layers_to_transform=config.get("layers_to_transform"),
+                             layers_pattern=config.get("layers_pattern"), modules_to_save=sorted(saved) or None)
     meta = _meta.build_metadata(lora_config, None, source="peft",
                                 peft_config={k: v for k, v in config.items() if _jsonable(v)})
     return tensors, meta
+
+
+def _read_pattern(config, key):
+    """PEFT's ``{regex over HF module paths: value}`` of adapter_config.json, checked."""
+    try:
+        return variants.check_pattern_map(f"{CONFIG_NAME} {key}", config.get(key),
+                                          "rank" if key == "rank_pattern" else "alpha")
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+
+
+def _pattern_value(patterns, hf_module, default):
+    """PEFT's value for one HF module: the first key matching it (``get_pattern_key``), else the default."""
+    key = variants.pattern_key(patterns, hf_module)
+    return patterns[key] if key is not None else default
 
 
 def _jsonable(value):

@@ -35,6 +35,7 @@ from mindpet_lite.data import load_tokenizer
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from mindpet_lite.train.job import build_model, load_base_checkpoint
+from mindpet_lite.train.cpu_threads import set_cpu_threads
 from mindpet_lite.train.parallel import init_parallel, msrun_env
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def load_predictor(cfg, adapter=None, sharded=False):
         _files.check_input_file(adapter, "adapter")
     tokenizer = load_tokenizer(tokenizer_spec(cfg))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
+    set_cpu_threads(cfg.runtime_num_threads)
     if not sharded:
         ms.set_device(cfg.device_target)
     ms.set_seed(cfg.seed)

@@ -13,6 +13,7 @@ from mindspore.common.initializer import Initializer, initializer
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.lora import lora_scaling
+from mindpet_lite.pet import variants
 
 PET_TYPES = ("lora",)
 
@@ -35,6 +36,8 @@ class LoraConfig:
         whole subtree.
     param_init_type / compute_dtype: None inherits the replaced layer's dtype.
     freeze_include / freeze_exclude: MindPet globs applied after everything but LoRA is frozen.
+    rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, modules_to_save, loraplus_lr_ratio:
+        HF PEFT's variant keys (help text on each field; matching rules in ``pet/variants.py``).
     """
 
     pet_type: str = "lora"
@@ -50,6 +53,25 @@ class LoraConfig:
     freeze_include: Optional[list] = None
     freeze_exclude: Optional[list] = None
     use_rslora: bool = False
+
+    # ---- variants that HF PEFT users know (PEFT's key names; rules in pet/variants.py) -------------
+    rank_pattern: dict = dataclasses.field(default_factory=dict, metadata={"help": (
+        "{regex: rank} overriding lora_rank per layer: a layer takes the first key that matches the end of "
+        "its dotted path at a dot boundary, re.match(r'(.*\\.)?(KEY)$', path) (PEFT's rule)")})
+    alpha_pattern: dict = dataclasses.field(default_factory=dict, metadata={"help": (
+        "{regex: alpha} overriding lora_alpha per layer, same rule as rank_pattern")})
+    layers_to_transform: Any = dataclasses.field(default=None, metadata={"help": (
+        "decoder layer index or list of indices: only targets inside these layers take LoRA; the index is "
+        "the first number segment of the path (model.layers.3.attention.wq -> 3)")})
+    layers_pattern: Any = dataclasses.field(default=None, metadata={"help": (
+        "regex (or list) of the path segment right before the layer index, e.g. 'layers'; needs "
+        "layers_to_transform")})
+    modules_to_save: Any = dataclasses.field(default=None, metadata={"help": (
+        "names of cells trained in full and saved in the adapter (e.g. ['lm_head']): a cell whose dotted "
+        "path ends with a name (PEFT's rule); never a LoRA target")})
+    loraplus_lr_ratio: Any = dataclasses.field(default=None, metadata={"help": (
+        "LoRA+: B's learning rate = ratio x A's (and of 1-D trainables: DoRA magnitudes, norms), in its own "
+        "optimizer group; training only, not written to PEFT")})
 
     def __post_init__(self):
         self.validate()
@@ -94,12 +116,38 @@ class LoraConfig:
         for key in ("lora_a_init", "lora_b_init"):
             if not isinstance(out[key], (str, int, float)):
                 out[key] = type(out[key]).__name__
+        for key in ("rank_pattern", "alpha_pattern"):  # pairs: sorted JSON would lose the first-match order
+            out[key] = [[k, v] for k, v in out[key].items()]
         return out
 
     @property
     def scaling(self):
         """alpha / rank, or alpha / sqrt(rank) with rsLoRA (``delta.lora.lora_scaling``)."""
         return lora_scaling(self.lora_alpha, self.lora_rank, self.use_rslora)
+
+    def rank_for(self, path):
+        """The rank of the layer at ``path``: its rank_pattern value, else lora_rank."""
+        key = variants.pattern_key(self.rank_pattern, path)
+        return self.rank_pattern[key] if key is not None else self.lora_rank
+
+    def alpha_for(self, path):
+        """The alpha of the layer at ``path``: its alpha_pattern value, else lora_alpha."""
+        key = variants.pattern_key(self.alpha_pattern, path)
+        return self.alpha_pattern[key] if key is not None else self.lora_alpha
+
+    def scaling_for(self, path):
+        """The scaling of the layer at ``path`` (its own rank and alpha)."""
+        return lora_scaling(self.alpha_for(path), self.rank_for(path), self.use_rslora)
+
+    def in_layers(self, path):
+        """True when layers_to_transform keeps the layer at ``path`` (always, without it)."""
+        if self.layers_to_transform is None:
+            return True
+        return variants.layer_index(path, self.layers_pattern) in self.layers_to_transform
+
+    def saves_module(self, path):
+        """True when the cell at ``path`` is one of modules_to_save."""
+        return variants.ends_with_any(path, self.modules_to_save)
 
     @property
     def target_regex(self):
@@ -134,6 +182,12 @@ class LoraConfig:
             value = getattr(self, key)
             if value is not None:
                 _checks.check_str_list(key, value)
+        self.rank_pattern = variants.check_pattern_map("rank_pattern", self.rank_pattern, "rank")
+        self.alpha_pattern = variants.check_pattern_map("alpha_pattern", self.alpha_pattern, "alpha")
+        self.layers_to_transform = variants.check_layers_to_transform(self.layers_to_transform)
+        self.layers_pattern = variants.check_layers_pattern(self.layers_pattern, self.layers_to_transform)
+        self.modules_to_save = variants.check_modules_to_save(self.modules_to_save)
+        self.loraplus_lr_ratio = variants.check_loraplus_lr_ratio(self.loraplus_lr_ratio)
 
     @staticmethod
     def check_init(key, value):

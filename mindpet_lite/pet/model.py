@@ -6,7 +6,9 @@ Four steps, and the network changes only in the last two:
    `re.match(target_modules, attribute_name)` (MindFormers' rule: `wq`) or
    `re.fullmatch(target_modules, dotted_path)` (`model.layers.3.attention.wq`, for layer-selective
    patterns). A child matching an exclude_layers pattern by the same two rules is skipped with its
-   subtree. A target is not descended into.
+   subtree. A target is not descended into. The variant keys (rules in `pet/variants.py`): a target
+   outside layers_to_transform is dropped, a modules_to_save cell is never a target (its parameters
+   stay trainable), and each layer takes its own rank / alpha from rank_pattern / alpha_pattern.
 2. build: one LoRA cell per target, sharing the target's weight / bias Parameter objects. Every
    error (a target that is not a dense layer, zero matches, a dtype or init that does not fit a
    layer) is raised here, naming the layer, so a failed call leaves the network as it was.
@@ -15,6 +17,7 @@ Four steps, and the network changes only in the last two:
    factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `_lora_prefixes`).
 4. freeze everything but the LoRA factors, then freeze_include / freeze_exclude (MindPet globs).
 """
+import dataclasses
 import logging
 
 from mindspore import nn
@@ -24,6 +27,7 @@ from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense
 from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
 from mindpet_lite.integrations import mindformers as _mf
+from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import load_pet_config
 
 logger = logging.getLogger(__name__)
@@ -67,9 +71,11 @@ def apply_lora(network, pet_config):
                          f"{', ...' if len(adapted) > 3 else ''}): apply LoRA once, with every target in one "
                          "pet_config, so that its pet_config describes the whole adapter")
 
+    saved = _plan_saved(network, config)
     targets = _plan(network, config)
     if not targets:
         raise ValueError(_no_match_message(network, config))
+    _check_layers(network, targets, config)
     _check_shared(network, targets)
     built = [_build(cell, path, config) for _, _, path, cell in targets]
     prefixes = _lora_prefixes(network, targets)
@@ -79,6 +85,9 @@ def apply_lora(network, pet_config):
     invalidate_compiled_graphs(network)  # a network compiled before the swap must not reuse its graph
 
     freeze_delta(network, "lora", config.freeze_include, config.freeze_exclude)
+    for cell in saved.values():  # modules_to_save: trained in full
+        for param in cell.get_parameters():
+            param.requires_grad = True
     counts = trainable_params_report(network)
     summary = {"replaced": [path for _, _, path, _ in targets], "num_replaced": len(targets), **counts}
     network.pet_config = config
@@ -107,9 +116,9 @@ def _plan(network, config):
             if child is None:
                 continue
             path = f"{prefix}.{name}" if prefix else name
-            if any(_hit(ex, name, path) for ex in excludes):
+            if any(_hit(ex, name, path) for ex in excludes) or config.saves_module(path):
                 continue
-            if _hit(target, name, path):
+            if _hit(target, name, path) and config.in_layers(path):
                 if id(child) in seen:
                     raise ValueError(f"target_modules selects one layer at two paths, {seen[id(child)]} "
                                      f"and {path}: a shared layer cannot be replaced at both; exclude one "
@@ -124,6 +133,38 @@ def _plan(network, config):
         if not any(_hit(regex, path.rsplit(".", 1)[-1], path) for path, _ in network.cells_and_names() if path):
             logger.warning("exclude_layers pattern %r matches no layer", pattern)
     return found
+
+
+def _plan_saved(network, config):
+    """{path: cell} of the modules_to_save (outermost matches); a name matching no cell is an error."""
+    names = config.modules_to_save or []
+    saved, hit = {}, set()
+    for path, cell in network.cells_and_names():
+        if path and config.saves_module(path) and not any(path.startswith(p + ".") for p in saved):
+            saved[path] = cell
+            hit.update(n for n in names if path.endswith(n))
+    missing = [n for n in names if n not in hit]
+    if missing:
+        raise ValueError(f"modules_to_save {missing} matches no cell (a cell is saved when its dotted path ends "
+                         f"with the name); cells: {_checks.short_list([p for p, _ in network.cells_and_names() if p])}")
+    return saved
+
+
+def _check_layers(network, targets, config):
+    """Every layers_to_transform index selects a target; unused rank / alpha patterns are logged."""
+    paths = [path for _, _, path, _ in targets]
+    if config.layers_to_transform is not None:
+        found = {variants.layer_index(p, config.layers_pattern) for p in paths}
+        missing = [i for i in config.layers_to_transform if i not in found]
+        if missing:
+            every = _plan(network, dataclasses.replace(config, layers_to_transform=None, layers_pattern=None))
+            indices = {variants.layer_index(path, config.layers_pattern) for _, _, path, _ in every}
+            raise ValueError(f"layers_to_transform {missing} selects no target layer: target_modules matches layers "
+                             f"{sorted(i for i in indices if i is not None)} (layers_pattern={config.layers_pattern!r})")
+    for key in ("rank_pattern", "alpha_pattern"):
+        for pattern in getattr(config, key):
+            if not any(variants.pattern_key([pattern], p) for p in paths):
+                logger.warning("%s key %r matches no LoRA target", key, pattern)
 
 
 def _paths_by_cell(network):
@@ -186,8 +227,8 @@ def _build(cell, path, config):
     if isinstance(cell, LoRADense):
         raise ValueError(f"target_modules selects {path}, which is already a {kind}: LoRA is applied "
                          "once; narrow target_modules or start from the base network")
-    lora = dict(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                lora_a_init=config.lora_a_init, lora_b_init=config.lora_b_init, use_rslora=config.use_rslora)
+    lora = dict(lora_rank=config.rank_for(path), lora_alpha=config.alpha_for(path),  # rank/alpha_pattern
+                lora_dropout=config.lora_dropout, lora_a_init=config.lora_a_init, lora_b_init=config.lora_b_init, use_rslora=config.use_rslora)
     flag = _float_flag(cell)
     try:
         if isinstance(cell, nn.Dense):

@@ -33,6 +33,7 @@ from mindpet_lite.pet import get_pet_model
 from mindpet_lite.train import callbacks as cb
 from mindpet_lite.train.evaluation import evaluate
 from mindpet_lite.train.loop import Trainer, TrainState
+from mindpet_lite.train.cpu_threads import set_cpu_threads
 from mindpet_lite.train.parallel import init_parallel
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def load_base_checkpoint(net, path, auto_trans_ckpt=False, rank_id=0):
 def _set_context(cfg):
     """Execution mode and device options (the device itself is set by parallel.init_parallel)."""
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
+    set_cpu_threads(cfg.runtime_num_threads)
     if cfg.max_call_depth:
         ms.set_recursion_limit(cfg.max_call_depth)
     if cfg.max_device_memory and cfg.device_target != "CPU":

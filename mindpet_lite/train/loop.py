@@ -89,7 +89,8 @@ class Trainer:
         self.schedule = lr_schedule
         self.lr_table = lr_values(lr_schedule, total_steps)
         params = net.trainable_params()
-        self.optimizer = build_optimizer(params, optimizer_config, self.lr_table)
+        ratio = getattr(getattr(net, "pet_config", None), "loraplus_lr_ratio", None)  # LoRA+
+        self.optimizer = build_optimizer(params, optimizer_config, self.lr_table, ratio)
         self.scale_sense = Parameter(Tensor(wrapper.scale_sense, mstype.float32), name="scale_sense",
                                      requires_grad=False)
         scale_cell = None

@@ -12,6 +12,9 @@ Learning-rate schedule (``t`` = 1-based optimizer update, ``T`` = schedule lengt
 ``W = warmup_steps`` if given, else ``int(warmup_ratio * T)``; ``T = lr_schedule.total_steps`` if > 0,
 else the whole run (epochs x optimizer steps per epoch). ``--max_steps`` stops the run early without
 changing ``T``, so a run interrupted at step s and resumed follows the same lr curve as one that was not.
+
+LoRA+ (``pet_config.loraplus_lr_ratio``): the B factors (and 1-D trainables) take ratio x this table in an
+optimizer group of their own.
 """
 import math
 
@@ -20,8 +23,9 @@ from mindspore import Tensor, nn
 from mindspore import dtype as mstype
 
 from mindpet_lite import _checks
+from mindpet_lite.delta.lora import LORA_B
 
-__all__ = ["warmup_steps_for", "lr_at", "lr_values", "build_optimizer"]
+__all__ = ["warmup_steps_for", "lr_at", "lr_values", "build_optimizer", "loraplus_groups"]
 
 
 def warmup_steps_for(schedule, total):
@@ -49,12 +53,28 @@ def lr_values(schedule, total):
     return np.array([lr_at(schedule, t, total) for t in range(1, total + 1)], dtype=np.float32)
 
 
-def build_optimizer(params, optimizer_config, lr_table):
-    """``nn.AdamWeightDecay`` over ``params`` (the trainable ones) with the lr table."""
+def loraplus_groups(params, lr_table, loraplus_lr_ratio):
+    """LoRA+ parameter groups: ``[{'params': A and other 2-D, 'lr': table}, {'params': B and 1-D, 'lr':
+    ratio x table}]`` (PEFT's create_loraplus_optimizer split: LoRA B factors and 1-D parameters, e.g. DoRA
+    magnitudes and norms, take the ratio); an empty group is left out."""
+    _checks.check_number("loraplus_lr_ratio", loraplus_lr_ratio, above=0)
+    fast = [p for p in params if LORA_B in p.name or len(p.shape) == 1]  # B of any adapter name
+    slow = [p for p in params if not (LORA_B in p.name or len(p.shape) == 1)]
+    table = np.asarray(lr_table, dtype=np.float32)
+    groups = [{"params": slow, "lr": Tensor(table, mstype.float32)},
+              {"params": fast, "lr": Tensor(table * np.float32(loraplus_lr_ratio), mstype.float32)}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(params, optimizer_config, lr_table, loraplus_lr_ratio=None):
+    """``nn.AdamWeightDecay`` over ``params`` (the trainable ones) with the lr table; with
+    ``loraplus_lr_ratio`` (LoRA+) in the two groups of :func:`loraplus_groups`."""
     params = list(params)
     if not params:
         raise ValueError("no trainable parameters: get_pet_model leaves the LoRA factors trainable; "
                          "check pet_config.target_modules / freeze_include")
+    if loraplus_lr_ratio is not None:
+        params = loraplus_groups(params, lr_table, loraplus_lr_ratio)
     return nn.AdamWeightDecay(params, learning_rate=Tensor(lr_table, mstype.float32),
                               beta1=optimizer_config.beta1, beta2=optimizer_config.beta2,
                               eps=optimizer_config.eps, weight_decay=optimizer_config.weight_decay)

@@ -40,7 +40,9 @@ def _train(net, steps=4, lr=1e-2):
     """A few Adam steps on the LoRA factors, so B != 0."""
     params = net.trainable_params()
     opt = ms.nn.Adam(params, learning_rate=lr)
-    grad_fn = ms.value_and_grad(lambda x: net(x, x), None, params)
+    def loss_of(x):  # a def, not a lambda: MindSpore may stage it as a graph, and cannot parse inline lambdas
+        return net(x, x)
+    grad_fn = ms.value_and_grad(loss_of, None, params)
     data = Tensor(_ids(3, (4, 13)))
     losses = []
     for _ in range(steps):

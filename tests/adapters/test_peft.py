@@ -109,8 +109,8 @@ def _peft_dir(tmp_path, rng, **config):
 
 @pytest.mark.parametrize("config,message", [
     ({"use_dora": True}, "use_dora=True is not supported"),
-    ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
-    ({"alpha_pattern": {"q_proj": 32}}, "alpha_pattern"),
+    ({"rank_pattern": {"q_proj": 8}}, "not rank r=8 of its rank_pattern"),  # weights of rank 4
+    ({"alpha_pattern": {"q_proj": 0}}, r"alpha_pattern\['q_proj'\] must be a finite int or float other than 0"),
     ({"bias": "all"}, "bias='all'"),
     ({"peft_type": "IA3"}, "peft_type must be 'LORA'"),
     ({"fan_in_fan_out": True}, "fan_in_fan_out"),

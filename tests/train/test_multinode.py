@@ -68,18 +68,18 @@ def two_nodes():
             _ip("netns", "del", name)
 
 
-def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120):  # pylint: disable=too-many-arguments
-    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, "2", "1", master, "8118",
+def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=120, local=1):  # pylint: disable=too-many-arguments
+    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, str(2 * local), str(local), master, "8118",
             str(node_rank), str(logs), "True", str(timeout_s)]
     return subprocess.Popen(args, cwd=cwd, env=dist._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
                             stderr=subprocess.PIPE, text=True)
 
 
-def _run_nodes(nodes, cmd, tmp_path, timeout=240):
-    """Both launchers at once; [(returncode, stdout, stderr, seconds)] of node 0 and node 1."""
+def _run_nodes(nodes, cmd, tmp_path, timeout=240, local=1):
+    """Both launchers at once; [(returncode, stdout, stderr, seconds, exit epoch time)] of node 0 and 1."""
     master = nodes[0][1]
     start = time.monotonic()
-    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path)
+    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path, local=local)
              for rank, (ns, _) in enumerate(nodes)]
     results = [None, None]
     try:
@@ -87,7 +87,7 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=240):
             for i, proc in enumerate(procs):
                 if results[i] is None and proc.poll() is not None:
                     out, err = proc.communicate()
-                    results[i] = (proc.returncode, out, err, time.monotonic() - start)
+                    results[i] = (proc.returncode, out, err, time.monotonic() - start, time.time())
             assert time.monotonic() - start < timeout, "the launchers did not finish"
             time.sleep(0.2)
     finally:
@@ -98,45 +98,53 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=240):
     return results
 
 
-def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path):
+@pytest.mark.parametrize("local", [1, 2], ids=["2x1", "2x2"])
+def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path, local):
+    """2 nodes x `local` workers, batch 2 each, against one process with the global batch."""
     base, train = tiny_uneven
+    workers = 2 * local
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)  # pylint: disable=protected-access
+    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", str(2 * workers)), 1, None, tmp_path)  # pylint: disable=protected-access
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2")
-    results = _run_nodes(two_nodes, cmd, tmp_path)
-    for rank, (code, out, err, took) in enumerate(results):
+                        "--parallel_config.data_parallel", str(workers))
+    results = _run_nodes(two_nodes, cmd, tmp_path, timeout=240 * local, local=local)
+    for rank, (code, out, err, took, _) in enumerate(results):
         assert code == 0, f"node {rank}: {out[-2000:]}{err[-2000:]}"
         print(f"node {rank}: {took:.1f} s")
     assert (tmp_path / "logs0" / "scheduler.log").exists()  # the scheduler runs on node 0 only
     assert not (tmp_path / "logs1" / "scheduler.log").exists()
-    assert (tmp_path / "logs1" / "worker_1.log").exists()
+    assert (tmp_path / "logs1" / f"worker_{workers - 1}.log").exists()  # node 1 runs the last ranks
 
     ranks = []
-    for r in (0, 1):
+    for r in range(workers):
         with open(os.path.join(multi, "ranks", f"rank_{r}.json"), encoding="utf-8") as f:
             ranks.append(json.load(f))
-    assert [x["rank_size"] for x in ranks] == [2, 2] and [x["steps"] for x in ranks] == [3, 3]
-    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]  # the same adapter on every rank
+    assert [x["rank_size"] for x in ranks] == [workers] * workers and [x["steps"] for x in ranks] == [3] * workers
+    assert len({x["adapter_sha256"] for x in ranks}) == 1  # the same adapter on every rank
     one = dist._adapter(os.path.join(single, "adapter.ckpt"))  # pylint: disable=protected-access
     two = dist._adapter(os.path.join(multi, "adapter.ckpt"))  # pylint: disable=protected-access
     assert sorted(one) == sorted(two)
     assert max(float(np.abs(one[k] - two[k]).max()) for k in one) <= 1e-5
 
 
-def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path):
+def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path, monkeypatch):
     base, train, _ = tiny_assets
+    failed_at = tmp_path / "failed_at"
+    monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
     script = tmp_path / "failing_run.py"
     script.write_text(dist.FAILING)
     cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
                         "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
     results = _run_nodes(two_nodes, cmd, tmp_path)
-    print("node 0: %.1f s, node 1: %.1f s" % (results[0][3], results[1][3]))
+    after = [r[4] - float(failed_at.read_text()) for r in results]
+    print("node 0: %.1f s in all, %.1f s after the failure; node 1: %.1f s, %.1f s"
+          % (results[0][3], after[0], results[1][3], after[1]))
     assert results[0][0] != 0 and results[1][0] != 0
     assert f"{tmp_path}/logs1/worker_1.log" in results[1][2]
     assert "on purpose" in (tmp_path / "logs1" / "worker_1.log").read_text()
-    assert max(r[3] for r in results) < 90, [r[3] for r in results]
+    assert max(after) < 60, after  # both launchers stop within 60 s of the failure
+    assert max(r[3] for r in results) < 120, [r[3] for r in results]
 
 
 def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
