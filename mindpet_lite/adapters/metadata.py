@@ -217,22 +217,30 @@ def _mindformers_config(net):
 
 
 def _describe_cells(cells):
-    """A LoraConfig describing LoRA cells built without one: the commonest rank and alpha are lora_rank /
-    lora_alpha, a layer with another gets a rank_pattern / alpha_pattern key of its own (its escaped path,
-    anchored when it would also match another layer's); all must agree on rsLoRA."""
-    rslora = {c.use_rslora for c in cells.values()}
+    """A LoraConfig describing LoRA cells built without one (:func:`describe_layers` of their first adapter)."""
+    return describe_layers({name: (c.lora_rank, c.lora_alpha, c.use_rslora,
+                                   float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0)
+                            for name, c in cells.items()})
+
+
+def describe_layers(layers, target_modules=None):
+    """A LoraConfig describing ``{layer path: (rank, alpha, use_rslora, dropout)}``: the commonest rank and
+    alpha are lora_rank / lora_alpha, a layer with another gets a rank_pattern / alpha_pattern key of its
+    own (its escaped path, anchored when it would also match another layer's); all must agree on rsLoRA.
+    target_modules defaults to the layers' leaf names."""
+    rslora = {spec[2] for spec in layers.values()}
     if len(rslora) != 1:
         raise ValueError("the LoRA cells disagree on use_rslora; pass config= to say what the adapter is")
-    rank = Counter(c.lora_rank for c in cells.values()).most_common(1)[0][0]
-    alpha = Counter(c.lora_alpha for c in cells.values()).most_common(1)[0][0]
+    rank = Counter(spec[0] for spec in layers.values()).most_common(1)[0][0]
+    alpha = Counter(spec[1] for spec in layers.values()).most_common(1)[0][0]
     keys = {}
-    for name in cells:
+    for name in layers:
         key = re.escape(name)
-        keys[name] = f"^{key}" if any(variants.pattern_key([key], other) for other in cells if other != name) else key
-    dropouts = {float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0
-                for c in cells.values()}
-    leaves = sorted({name.rsplit(".", 1)[-1] for name in cells})
-    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora.pop(), lora_dropout=max(dropouts),
-                      target_modules="|".join(f".*{re.escape(leaf)}" for leaf in leaves),
-                      rank_pattern={keys[n]: c.lora_rank for n, c in cells.items() if c.lora_rank != rank},
-                      alpha_pattern={keys[n]: c.lora_alpha for n, c in cells.items() if c.lora_alpha != alpha})
+        keys[name] = f"^{key}" if any(variants.pattern_key([key], other) for other in layers if other != name) else key
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in layers})
+    if target_modules is None:
+        target_modules = "|".join(f".*{re.escape(leaf)}" for leaf in leaves)
+    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora.pop(),
+                      lora_dropout=max(spec[3] for spec in layers.values()), target_modules=target_modules,
+                      rank_pattern={keys[n]: spec[0] for n, spec in layers.items() if spec[0] != rank},
+                      alpha_pattern={keys[n]: spec[1] for n, spec in layers.items() if spec[1] != alpha})

@@ -4,13 +4,14 @@
 Loading adapter ``name`` from an ordinary single-adapter file: the network must already have a
 LoRADense at every layer the adapter targets (it may target fewer: its rows run the base weight at
 the others); a key for a layer without one is an error naming it. The pair becomes the cells'
-``mindpet_delta_lora_a__<name>`` / ``_b__<name>``, with the adapter's own rank (from its shapes)
-and alpha / rsLoRA (from its metadata's pet_config; a file without one: the scaling it records, else
-the first adapter's alpha). A named adapter holds LoRA factors only, loaded frozen (PEFT's
+``mindpet_delta_lora_a__<name>`` / ``_b__<name>``, with the adapter's own rank per layer (from its
+shapes, checked against its rank_pattern) and alpha / rsLoRA (its metadata's pet_config, alpha_pattern
+too; a file without one: the scaling it records, else the first adapter's alpha). A named adapter holds LoRA factors only, loaded frozen (PEFT's
 ``is_trainable=False``): trainable extras such as norms are the base's and belong to the first.
 
 Saving adapter ``name`` writes the ordinary format under the first adapter's names, with metadata
-describing it (its rank, alpha, rsLoRA, and target_modules naming exactly the layers it covers), so
+describing it (its ranks and alphas, per layer as rank_pattern / alpha_pattern where they differ,
+rsLoRA, and target_modules naming exactly the layers it covers), so
 it loads into a single-adapter network and exports to PEFT unchanged.
 """
 import logging
@@ -53,9 +54,9 @@ def _pairs(tensors, cells, path):
     return {p: (pair[LORA_A], pair[LORA_B]) for p, pair in found.items()}
 
 
-def _rank_of(pairs, cells, path):
-    """The one rank of the file's pairs, after checking every shape against its layer."""
-    ranks = set()
+def _ranks(pairs, cells, path):
+    """{cell path: rank} of the file's pairs, after checking every shape against its layer."""
+    ranks = {}
     for p, (a, b) in pairs.items():
         cell = cells[p]
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != cell.in_channels or b.shape[0] != cell.out_channels \
@@ -63,24 +64,26 @@ def _rank_of(pairs, cells, path):
             raise ValueError(f"{path}: {p}: lora_a {list(a.shape)} / lora_b {list(b.shape)} do not fit the layer "
                              f"[{cell.out_channels}, {cell.in_channels}] (want [r, {cell.in_channels}] and "
                              f"[{cell.out_channels}, r])")
-        ranks.add(int(a.shape[0]))
-    if len(ranks) != 1:
-        raise ValueError(f"{path}: the adapter's layers have different ranks {sorted(ranks)}; one rank per adapter")
-    return ranks.pop()
+        ranks[p] = int(a.shape[0])
+    return ranks
 
 
-def _alpha(meta, rank, first, path):
-    """(alpha, use_rslora) of the adapter: its pet_config's, a recorded scaling, else the first adapter's."""
+def _alphas(meta, ranks, first, path):
+    """{cell path: (alpha, use_rslora)}: the pet_config's (rank_pattern / alpha_pattern too), a recorded
+    scaling, else the first adapter's alpha."""
     config = _meta.lora_config(meta)
     if config is not None:
-        if config.lora_rank != rank:
-            raise ValueError(f"{path}: the metadata says lora_rank={config.lora_rank} but the factors have rank {rank}")
-        return config.lora_alpha, config.use_rslora
+        wrong = {p: (r, config.rank_for(p)) for p, r in ranks.items() if config.rank_for(p) != r}
+        if wrong:
+            p, (have, want) = sorted(wrong.items())[0]
+            raise ValueError(f"{path}: the metadata gives {p} lora_rank={want} but its factors have rank {have} "
+                             f"({len(wrong)} layers disagree)")
+        return {p: (config.alpha_for(p), config.use_rslora) for p in ranks}
     scaling = _meta.adapter_scaling(meta)
     if scaling is not None:
-        return scaling * rank, False
+        return {p: (scaling * r, False) for p, r in ranks.items()}
     logger.info("load_adapter: %s records no alpha: using the first adapter's lora_alpha=%s", path, first.lora_alpha)
-    return first.lora_alpha, first.use_rslora
+    return {p: (first.lora_alpha, first.use_rslora) for p in ranks}
 
 
 def load_named_adapter(net, tensors, meta, path, name, strict):
@@ -105,18 +108,17 @@ def load_named_adapter(net, tensors, meta, path, name, strict):
     if not tensors:
         raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
     pairs = _pairs(tensors, cells, path)
-    rank = _rank_of(pairs, cells, path)
-    first = next(iter(cells.values()))
-    alpha, rslora = _alpha(meta, rank, first, path)
+    ranks = _ranks(pairs, cells, path)
+    alphas = _alphas(meta, ranks, next(iter(cells.values())), path)
     _checks.check_finite_arrays(f"load_adapter {path}", {f"{p}.{leaf}": arr for p, pair in pairs.items()
                                                          for leaf, arr in zip((LORA_A, LORA_B), pair)})
     for p, (a, b) in pairs.items():
-        cells[p].add_adapter(name, rank, alpha, Tensor(np.asarray(a, np.float32)), Tensor(np.asarray(b, np.float32)),
-                             use_rslora=rslora)
+        cells[p].add_adapter(name, ranks[p], alphas[p][0], Tensor(np.asarray(a, np.float32)),
+                             Tensor(np.asarray(b, np.float32)), use_rslora=alphas[p][1])
         for param in cells[p].named_adapter_parameters(name).values():
             param.requires_grad = False
-    logger.info("load_adapter: adapter %r (rank %d, alpha %s) on %d of %d LoRA cells from %s", name, rank, alpha,
-                len(pairs), len(cells), path)
+    logger.info("load_adapter: adapter %r (ranks %s) on %d of %d LoRA cells from %s", name,
+                sorted(set(ranks.values())), len(pairs), len(cells), path)
     return meta
 
 
@@ -125,24 +127,22 @@ def named_adapter_tensors(net, name, config=None):
     cells = {p: c for p, c in lora_cells(net).items() if name in c.adapter_names()}
     if not cells:
         raise ValueError(f"unknown adapter {name!r}: the network holds {list_adapters(net)}")
-    specs = {c.adapter_spec(name)[:3] for c in cells.values()}
-    if len(specs) != 1:
-        raise ValueError(f"adapter {name!r} has different (rank, alpha, rslora) per layer: {sorted(specs)}")
-    rank, alpha, rslora = specs.pop()
     tensors = {}
     for p, cell in cells.items():
         for leaf, param in cell.named_adapter_parameters(name).items():
             tensors[f"{p}.{leaf}"] = param.asnumpy()
     if config is None:
-        config = LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=0.0,
-                            target_modules=_targets(list(cells), net))
+        config = _meta.describe_layers({p: c.adapter_spec(name)[:3] + (0.0,) for p, c in cells.items()},
+                                       _targets(list(cells), net))
     elif isinstance(config, dict):
         config = LoraConfig.from_dict(config)
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
-    if config.lora_rank != rank or not np.isclose(config.scaling, cells[next(iter(cells))].adapter_spec(name)[3]):
-        raise ValueError(f"config (lora_rank={config.lora_rank}, scaling {config.scaling:g}) does not describe "
-                         f"adapter {name!r} (rank {rank}, alpha {alpha}, rslora {rslora})")
+    for p, cell in cells.items():
+        rank, alpha, rslora, scaling = cell.adapter_spec(name)
+        if config.rank_for(p) != rank or not np.isclose(config.scaling_for(p), scaling):
+            raise ValueError(f"config (lora_rank={config.rank_for(p)}, scaling {config.scaling_for(p):g} at {p}) does "
+                             f"not describe adapter {name!r} there (rank {rank}, alpha {alpha}, rslora {rslora})")
     return tensors, config
 
 

@@ -14,7 +14,8 @@ Two ways to compute the same function, chosen per call from the static shapes (b
 
 Argument checks live in `lora_checks.py`, activation sharding in `lora_shard.py`.
 
-Named adapters (`lora_adapters.py`): the pair above is the first adapter, "default"; `add_adapter`
+Named adapters (`lora_adapters.py`, whose `NamedAdapters` gives the cell those methods): the pair
+above is the first adapter, "default"; `add_adapter`
 puts more pairs beside it (own rank, alpha, scaling), `set_active_adapter` chooses the one the
 forward uses (None: the base layer), and ``construct(x, rows)`` runs a batch whose rows each use
 their own adapter. The active adapter is a graph constant: a cell with one adapter in use compiles
@@ -31,8 +32,7 @@ from mindspore.common.initializer import HeUniform
 from mindpet_lite import _checks
 from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs, operators_sharded
 from mindpet_lite.delta.lora_checks import check_activation, check_init, check_strategy, init_value
-from mindpet_lite.delta.lora_adapters import (DEFAULT_ADAPTER, MixedLoRAMatMul, check_adapter_name, mix_expansion,
-                                               pair_names)
+from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER, MixedLoRAMatMul, NamedAdapters
 from mindpet_lite.delta.lora_fold import FoldedLoRAMatMul, fold_pays
 from mindpet_lite.delta.lora_shard import activation_shards
 
@@ -47,7 +47,7 @@ def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
     return lora_alpha / (math.sqrt(lora_rank) if use_rslora else lora_rank)
 
 
-class LoRADense(nn.Dense):
+class LoRADense(NamedAdapters, nn.Dense):
     r"""Dense layer plus a trainable low-rank update, for LoRA fine-tuning.
 
     Args:
@@ -82,6 +82,8 @@ class LoRADense(nn.Dense):
     """
 
     takes_rows = True  # construct(x, rows): models hand a mixed batch's per-row adapter selection on
+    first_pair = (LORA_A, LORA_B)  # the first adapter's parameter names (NamedAdapters builds the others')
+    scaling_rule = staticmethod(lora_scaling)
 
     def __init__(self, in_channels, out_channels, lora_rank, lora_alpha, lora_dropout=0.,
                  lora_a_init=HeUniform(negative_slope=math.sqrt(5)), lora_b_init="zeros",
@@ -344,98 +346,6 @@ class LoRADense(nn.Dense):
     def adapter_parameters(self):
         """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}``."""
         return {LORA_A: self.mindpet_delta_lora_a, LORA_B: self.mindpet_delta_lora_b}
-
-    # ---- named adapters (lora_adapters.py) ----------------------------------------------------
-    def adapter_names(self):
-        """The adapters this cell holds, the first ("default") first, then in the order added."""
-        return [DEFAULT_ADAPTER] + list(self.extra_adapters)
-
-    def adapter_spec(self, name):
-        """``(rank, alpha, use_rslora, scaling)`` of a held adapter."""
-        if name == DEFAULT_ADAPTER:
-            return self.lora_rank, self.lora_alpha, self.use_rslora, self.scaling
-        if name not in self.extra_adapters:
-            raise ValueError(f"unknown adapter {name!r}: this LoRADense holds {self.adapter_names()}")
-        return self.extra_adapters[name]
-
-    def named_adapter_parameters(self, name):
-        """``{LORA_A: A, LORA_B: B}`` of a held adapter (the first adapter's file names, whichever it is)."""
-        self.adapter_spec(name)
-        a_name, b_name = pair_names(LORA_A, LORA_B, name)
-        return {LORA_A: getattr(self, a_name), LORA_B: getattr(self, b_name)}
-
-    def add_adapter(self, name, lora_rank, lora_alpha, lora_a_init=HeUniform(negative_slope=math.sqrt(5)),
-                    lora_b_init="zeros", use_rslora=False, param_init_type=None):
-        """Hold one more adapter ``name`` (own A [r, in], B [out, r], scaling); the active one is unchanged.
-        param_init_type defaults to the first adapter's. Checked before anything is added."""
-        check_adapter_name(name)
-        if name in self.extra_adapters:
-            raise ValueError(f"adapter_name {name!r} is already used by this LoRADense (it holds "
-                             f"{self.adapter_names()}): delete_adapter it first or choose another name")
-        lora_rank = _checks.check_positive_int("lora_rank", lora_rank)
-        lora_alpha = _checks.check_lora_alpha("lora_alpha", lora_alpha)
-        _checks.check_bool("use_rslora", use_rslora)
-        dtype = self.mindpet_delta_lora_a.dtype if param_init_type is None else param_init_type
-        dtype = _checks.to_float_dtype("param_init_type", dtype)
-        check_init("lora_a_init", lora_a_init, (lora_rank, self.in_channels))
-        check_init("lora_b_init", lora_b_init, (self.out_channels, lora_rank))
-        a_name, b_name = pair_names(LORA_A, LORA_B, name)
-        setattr(self, a_name, Parameter(init_value(lora_a_init, [lora_rank, self.in_channels], dtype), name=a_name,
-                                        requires_grad=self.mindpet_delta_lora_a.requires_grad))
-        setattr(self, b_name, Parameter(init_value(lora_b_init, [self.out_channels, lora_rank], dtype), name=b_name,
-                                        requires_grad=self.mindpet_delta_lora_b.requires_grad))
-        self.extra_adapters[name] = (lora_rank, lora_alpha, use_rslora, lora_scaling(lora_alpha, lora_rank, use_rslora))
-        self._mix_expand = None  # the network's columns changed: set_mix_columns again before mixing
-        return self
-
-    def delete_adapter(self, name):
-        """Drop a named adapter and its parameters; if it was active the cell runs the first adapter.
-        The first adapter ("default", the layer's own names) cannot be deleted."""
-        if name == DEFAULT_ADAPTER:
-            raise ValueError("the first adapter 'default' holds the layer's own mindpet_delta_lora_a / _b and "
-                             "cannot be deleted: set_active_adapter(None) runs the base layer")
-        self.adapter_spec(name)
-        if self.active_adapter == name:
-            self.set_active_adapter(DEFAULT_ADAPTER)
-        for param_name in pair_names(LORA_A, LORA_B, name):
-            delattr(self, param_name)
-        del self.extra_adapters[name]
-        self._mix_expand = None
-        self._recompile()
-        return self
-
-    def set_active_adapter(self, name):
-        """The adapter the forward uses: a held name, or None for the base layer (recompiles on change)."""
-        if name is not None:
-            self.adapter_spec(name)
-        if self.merged and name != DEFAULT_ADAPTER:
-            raise ValueError(f"this LoRADense is merged (W holds the 'default' adapter): unmerge() it before "
-                             f"activating {'no adapter' if name is None else repr(name)}")
-        if name == self.active_adapter:
-            return self
-        self.active_adapter = name
-        self._active_extra = None
-        if name is not None and name != DEFAULT_ADAPTER:
-            self._active_extra = pair_names(LORA_A, LORA_B, name)
-            self.extra_folded_matmul.scaling = self.extra_adapters[name][3]
-        self._recompile()
-        return self
-
-    def set_mix_columns(self, columns):
-        """Prepare mixed batches: ``columns`` the network's adapter names in the order of the one-hot
-        ``rows`` columns (the ones this cell does not hold see the base layer)."""
-        columns = list(columns)
-        if getattr(self, "use_dora", False):
-            raise ValueError("a DoRA LoRADense cannot run a mixed batch (the mixed branch is plain LoRA)")
-        held = [(name,) + tuple(self.adapter_spec(name)[i] for i in (0, 3)) for name in self.adapter_names()
-                if name in columns]
-        pairs = tuple(pair_names(LORA_A, LORA_B, name) for name, _, _ in held)
-        expand = mix_expansion(columns, held, self.dtype) if held else None
-        if pairs != self._mix_pairs or self._mix_expand is None or expand is None or \
-                not np.array_equal(expand.asnumpy(), self._mix_expand.asnumpy()):
-            self._mix_pairs, self._mix_expand = pairs, expand
-            self._recompile()
-        return self
 
     def extend_repr(self):
         extra = f", adapters={self.adapter_names()}, active={self.active_adapter!r}" if self.extra_adapters else ""

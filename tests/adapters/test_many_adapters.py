@@ -181,3 +181,32 @@ def test_refusals_name_the_problem_before_any_change(files, tmp_path):
     with pytest.raises(ValueError, match=r"layers without a LoRADense .*feed_forward\.w1"):
         load_adapter(few, files["b"], adapter_name="b")
     assert mindpet_lite.list_adapters(few) == ["default"]
+
+
+def test_a_rank_pattern_adapter_as_a_named_one(files, tmp_path):
+    """Per-layer ranks and alphas (rank_pattern / alpha_pattern) load as a named adapter, mix, and save
+    back to the same file content and config."""
+    net = tiny_llama(lora=False)
+    get_pet_model(net, dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=FEW,
+                            rank_pattern={"wv": 2}, alpha_pattern={"wv": 3}))
+    path = str(tmp_path / "pattern.safetensors")
+    save_adapter(_with_base(randomize(net, seed=5), files["base"]), path)
+    multi = _multi(files)
+    load_adapter(multi, path, adapter_name="pat")
+    ranks = {n: tuple(p.shape) for n, p in multi.parameters_and_names() if n.endswith("lora_a__pat")}
+    assert ranks["model.layers.0.attention.wv.mindpet_delta_lora_a__pat"][0] == 2
+    assert ranks["model.layers.1.attention.wq.mindpet_delta_lora_a__pat"][0] == 4
+    single = _single(dict(files, pat=path), "pat")
+    names = ["pat", "b", "pat", "__base__"]
+    mixed = generate(multi, PROMPTS, NEW, adapter_names=names, use_past=True)
+    assert [mixed[i] for i in (0, 2)] == [generate(single, PROMPTS, NEW, use_past=True)[i] for i in (0, 2)]
+    again = str(tmp_path / "pattern_again.safetensors")
+    meta = save_adapter(multi, again, adapter_name="pat")
+    original, original_meta = read_adapter(path)
+    tensors, _ = read_adapter(again)
+    assert sorted(tensors) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(tensors[key], value)
+    want, got = pet_config_from_metadata(original_meta), pet_config_from_metadata(meta)
+    for layer in ("model.layers.0.attention.wv", "model.layers.1.attention.wq"):
+        assert (got.rank_for(layer), got.scaling_for(layer)) == (want.rank_for(layer), want.scaling_for(layer))
