@@ -7,6 +7,8 @@ adapter ``name`` gets its own pair beside it, ``mindpet_delta_lora_a__<name>`` [
 base fingerprint and LoRA-name filters treat them as LoRA factors), the ``__`` keeps them from ending
 in ``_a`` / ``_b`` (no file key of a single adapter resolves onto them), and the adapter's name is
 readable in a checkpoint of the whole network. Each adapter has its own rank, alpha and scaling.
+`NamedAdapters` gives the cell its methods for them (add, delete, activate, describe, prepare a mix);
+the forward that reads them stays in ``lora.py``.
 
 Mixed batch (each row its own adapter, one forward). ``rows`` is a float ``[B, K]`` one-hot over the
 network's K adapters in :func:`list order <mindpet_lite.graph.adapters.list_adapters>` (a zero row is
