@@ -26,8 +26,10 @@ from mindspore import Tensor, nn
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters.io import load_adapter, read_adapter
-from mindpet_lite.adapters.names import is_lora_name, is_state_key, resolve_names, split_lora_pairs
+from mindpet_lite.adapters.named import named_adapter_tensors
+from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names, split_lora_pairs
 from mindpet_lite.delta.lora import lora_scaling
+from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
 from mindpet_lite.graph.freeze import lora_cells
 
 logger = logging.getLogger(__name__)
@@ -239,7 +241,7 @@ def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=N
 
 
 def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None, layout="auto", strict=True,  # pylint: disable=redefined-builtin
-                  overwrite=False):
+                  overwrite=False, adapter_name=None):
     """Merge an adapter into a network or a base checkpoint.
 
     * A network with LoRA cells: the adapter (if given) is loaded with :func:`load_adapter`, then every
@@ -248,7 +250,12 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
       the matching Dense layers in place. Returns the network.
     * A ``{name: array}`` dict or a checkpoint path: :func:`merge_checkpoint` (writes ``out`` if given).
       Returns the merged dict.
+    * A network and ``adapter_name`` (a named adapter, not "default"): the base weights with that adapter
+      merged, ``{name: array}`` (written to ``out`` if given); the network is unchanged, its cells keep
+      every adapter unmerged (a copy to deploy one adapter of a multi-adapter network).
     """
+    if isinstance(net_or_base, nn.Cell) and adapter_name not in (None, DEFAULT_ADAPTER):
+        return _merge_named(net_or_base, adapter_name, adapter, scaling, out, format, layout, overwrite)
     if isinstance(net_or_base, nn.Cell):
         net = net_or_base
         cells = lora_cells(net)
@@ -275,3 +282,18 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
     if adapter is None:
         raise ValueError("adapter is required to merge into a checkpoint")
     return merge_checkpoint(net_or_base, adapter, out, format, scaling, layout, overwrite=overwrite)
+
+
+
+def _merge_named(net, name, adapter, scaling, out, format, layout, overwrite):  # pylint: disable=redefined-builtin
+    if adapter is not None or scaling is not None:
+        raise ValueError(f"adapter_name={name!r} merges the network's own adapter of that name: adapter and "
+                         "scaling must be None (load a file first with load_adapter(..., adapter_name=))")
+    merged = sorted(path for path, cell in lora_cells(net).items() if cell.merged)
+    if merged:
+        raise ValueError(f"merge_adapter(adapter_name={name!r}): {len(merged)} LoRA cells are merged (their weights "
+                         f"hold the 'default' adapter), e.g. {merged[0]}: unmerge them first")
+    tensors, config = named_adapter_tensors(net, name)
+    meta = _meta.build_metadata(config, None, weight_layout=_meta.weight_layout(net))
+    base = {n: _files.to_numpy(p) for n, p in net.parameters_and_names() if LORA_MARK not in n}
+    return merge_checkpoint(base, (tensors, meta), out, format, layout=layout, overwrite=overwrite)

@@ -12,7 +12,8 @@ import mindspore as ms
 from mindspore import Tensor
 
 import mindpet_lite
-from mindpet_lite.adapters import export_peft, load_adapter, pet_config_from_metadata, read_adapter, save_adapter
+from mindpet_lite.adapters import (export_peft, load_adapter, merge_adapter, merge_checkpoint, pet_config_from_metadata,
+                                   read_adapter, save_adapter)
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from tests.adapters.conftest import randomize, tiny_llama
@@ -210,3 +211,26 @@ def test_a_rank_pattern_adapter_as_a_named_one(files, tmp_path):
     want, got = pet_config_from_metadata(original_meta), pet_config_from_metadata(meta)
     for layer in ("model.layers.0.attention.wv", "model.layers.1.attention.wq"):
         assert (got.rank_for(layer), got.scaling_for(layer)) == (want.rank_for(layer), want.scaling_for(layer))
+
+
+def test_merge_a_named_adapter_into_a_copy_of_the_base(files):
+    net = _multi(files)
+    before = {n: p.asnumpy().copy() for n, p in net.parameters_and_names()}
+    merged = merge_adapter(net, adapter_name="c")
+    layer = "model.layers.1.attention.wv"
+    c, _ = read_adapter(files["c"])
+    a, b = c[f"{layer}.mindpet_delta_lora_a"].astype(np.float64), c[f"{layer}.mindpet_delta_lora_b"].astype(np.float64)
+    want = files["base"][f"{layer}.weight"].astype(np.float64) + 3 / np.sqrt(2) * (b @ a)  # alpha 3, rank 2, rsLoRA
+    np.testing.assert_allclose(merged[f"{layer}.weight"], want, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(merged["model.layers.0.attention.wk.weight"],
+                                  files["base"]["model.layers.0.attention.wk.weight"])  # not one of c's layers
+    same = merge_checkpoint(files["base"], files["c"])
+    assert sorted(merged) == sorted(same) and not any("mindpet_delta_lora" in k for k in merged)
+    for key, value in same.items():
+        np.testing.assert_array_equal(merged[key], value)
+    for name, param in net.parameters_and_names():  # the network is untouched
+        np.testing.assert_array_equal(param.asnumpy(), before[name])
+    with pytest.raises(ValueError, match="adapter and scaling must be None"):
+        merge_adapter(net, files["c"], adapter_name="c")
+    with pytest.raises(ValueError, match="unknown adapter 'zz'"):
+        merge_adapter(net, adapter_name="zz")
