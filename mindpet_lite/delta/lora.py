@@ -286,7 +286,7 @@ class LoRADense(nn.Dense):
         if method not in WEIGHT_INITS:
             raise ValueError(f"method must be one of {list(WEIGHT_INITS)}, got {_checks.describe(method)}")
         if niter is not None:
-            _checks.check_positive_int("niter", niter)
+            _checks.check_int("niter", niter, minimum=0)
         layer = f"LoRADense({self.in_channels} -> {self.out_channels})"
         if self.merged or self.lora_init_factors is not None:
             raise ValueError(f"{layer}: init_from_weight needs an unmerged cell that was not initialised from its "
