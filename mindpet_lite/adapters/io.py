@@ -15,6 +15,7 @@ from mindspore import Tensor, nn
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters.mutated_init import convert_weight_init
 from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
@@ -46,7 +47,9 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
         format (str): 'ckpt' or 'safetensors'; default from the suffix, which it must agree with.
         config: a LoraConfig or pet_config dict recorded in the metadata; None follows the rule of
             :func:`mindpet_lite.adapters.metadata.adapter_config` (the net's own config, else one
-            described from its LoRA cells). Checked against the cells (rank and scaling).
+            described from its LoRA cells). Checked against the cells (rank and scaling). A
+            PiSSA / OLoRA network is saved as a rank-2r plain LoRA of the original base
+            (``adapters.mutated_init``): load it onto a network built with its pet_config.
         base_fingerprint: None computes it from ``net``; a dict from
             :func:`~mindpet_lite.adapters.metadata.base_fingerprint` is used as given (e.g. for a
             network whose base weights were dropped).
@@ -77,6 +80,8 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
         tensors[name] = array
     _checks.check_finite_arrays(f"save_adapter {path}", tensors)
     lora_config = _meta.adapter_config(net, config)
+    tensors, lora_config = convert_weight_init(net, tensors, lora_config)  # PiSSA / OLoRA: plain LoRA of W
+    # names and shapes only: the same for a PiSSA / OLoRA base that holds the residual
     fingerprint = base_fingerprint if base_fingerprint is not None else _meta.base_fingerprint(net)
     meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net))
     _meta.write_adapter_file(tensors, path, meta, fmt)

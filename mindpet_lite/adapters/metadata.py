@@ -194,6 +194,9 @@ def adapter_config(net, config=None):
         if not math.isclose(cell.scaling, config.scaling, rel_tol=1e-9):
             raise ValueError(f"config scaling {config.scaling:g} (lora_alpha={config.lora_alpha}, "
                              f"use_rslora={config.use_rslora}) but {name} computes with scaling {cell.scaling:g}")
+        if cell.use_dora != config.use_dora:
+            raise ValueError(f"config.use_dora={config.use_dora} but {name} has use_dora={cell.use_dora}: "
+                             "the metadata would not describe the weights")
     return config
 
 
@@ -219,5 +222,9 @@ def _describe_cells(cells):
     dropouts = {float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0
                 for c in cells.values()}
     leaves = sorted({name.rsplit(".", 1)[-1] for name in cells})
+    dora = {c.use_dora for c in cells.values()}
+    if len(dora) != 1:
+        raise ValueError("some LoRA cells use DoRA and others do not; pass config= to say what the adapter is")
     return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=max(dropouts),
+                      use_dora=dora.pop(),
                       target_modules="|".join(f".*{re.escape(leaf)}" for leaf in leaves))

@@ -108,7 +108,7 @@ def _peft_dir(tmp_path, rng, **config):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"use_dora": True}, "use_dora=True is not supported"),
+    ({"use_dora": True}, "says use_dora=True but the weights hold 0 lora_magnitude_vector"),
     ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
     ({"alpha_pattern": {"q_proj": 32}}, "alpha_pattern"),
     ({"bias": "all"}, "bias='all'"),

@@ -6,13 +6,7 @@ from mindspore import Tensor
 
 from mindpet_lite.pet import LoraConfig, get_pet_model
 from tests.adapters.conftest import tiny_llama
-
-TARGET = ".*wq|.*wk|.*wv|.*wo"
-
-
-def make(**kw):
-    kw.setdefault("target_modules", TARGET)
-    return LoraConfig(**kw)
+from tests.pet.test_config import TARGET, make
 
 
 def test_defaults_and_round_trip():
