@@ -80,10 +80,14 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
         tensors[name] = array
     _checks.check_finite_arrays(f"save_adapter {path}", tensors)
     lora_config = _meta.adapter_config(net, config)
+    started = lora_config
     tensors, lora_config = convert_weight_init(net, tensors, lora_config)  # PiSSA / OLoRA: plain LoRA of W
+    extra = {}
+    if started is not None and lora_config is not started:  # where the rank-2r pairs came from
+        extra["converted_from"] = {key: started.to_dict()[key] for key in ("init_lora_weights", "lora_rank", "lora_alpha")}
     # names and shapes only: the same for a PiSSA / OLoRA base that holds the residual
     fingerprint = base_fingerprint if base_fingerprint is not None else _meta.base_fingerprint(net)
-    meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net))
+    meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net), **extra)
     _meta.write_adapter_file(tensors, path, meta, fmt)
     n_lora = sum(LORA_MARK in n for n in tensors)
     logger.info("save_adapter: %d LoRA + %d other tensors -> %s", n_lora, len(tensors) - n_lora, path)

@@ -8,6 +8,9 @@ safetensors header entry ``mindpet_lite``)::
      "base_fingerprint": {"sha256": "...", "params": 21, "numel": 123456}, "source": "mindpet_lite",
      "weight_layout": "out_in"}
 
+A PiSSA / OLoRA adapter, saved as a rank-2r plain LoRA of the original base (``adapters.mutated_init``),
+also records ``"converted_from": {"init_lora_weights", "lora_rank", "lora_alpha"}`` of its training run.
+
 ``weight_layout`` says how the adapted layers store W ([out, in] for nn.Dense, [in, out] for a
 MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
@@ -17,7 +20,8 @@ export through :func:`lora_config`: the scaling always comes from ``LoraConfig.s
 
 The base fingerprint hashes the sorted ``(name, shape)`` pairs of the network's non-LoRA parameters,
 i.e. the base model, whether or not ``freeze_exclude`` left some of them trainable: the same base gives
-the same fingerprint for any choice of trainable extras. Changing how it is computed would orphan every
+the same fingerprint for any choice of trainable extras, and for a PiSSA / OLoRA network whose base
+weights hold the residual (values are not hashed). Changing how it is computed would orphan every
 saved adapter (``tests/adapters/test_metadata.py`` pins a value).
 """
 import hashlib

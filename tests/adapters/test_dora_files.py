@@ -100,6 +100,7 @@ def test_pissa_rslora_conversion_keeps_the_scaling(tmp_path):
     freeze_delta(net, "lora")
     meta = save_adapter(net, str(tmp_path / "a.ckpt"), config=config)
     assert (meta["pet_config"]["lora_rank"], meta["pet_config"]["lora_alpha"], meta["scaling"]) == (4, 8, 2.0)
+    assert meta["converted_from"] == {"init_lora_weights": "pissa", "lora_rank": 2, "lora_alpha": 4}
     rs = LoraConfig(lora_rank=2, lora_alpha=4, use_rslora=True, target_modules="fc1|fc2")
     _, converted = convert_weight_init(net, {"fc1.mindpet_delta_lora_a": np.zeros((2, 8), np.float32),
                                              "fc1.mindpet_delta_lora_b": np.zeros((6, 2), np.float32),
