@@ -210,3 +210,17 @@ def test_parse_weight_init():
     assert parse_weight_init("olora") == ("olora", None)
     assert parse_weight_init(True) is None and parse_weight_init("gaussian") is None
     assert parse_weight_init("pissa_niter_x") is None
+
+
+def test_dora_dropout_follows_set_train_in_graph_mode():
+    """set_train switches the compiled DoRA form: eval = no dropout (the numpy form), train = dropped."""
+    layer = _dora(lora_dropout=0.3, has_bias=False)
+    x = _rand(6, 12, seed=8)
+    w, _, a, bm, m = _arrays(layer)
+    plain = ref.dora_forward(x, w, None, a, bm, m, S)
+    layer.set_train(False)
+    np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), plain, rtol=1e-5, atol=1e-5)
+    layer.set_train(True)
+    assert np.abs(layer(Tensor(x)).asnumpy() - plain).max() > 1e-2
+    layer.set_train(False)
+    np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), plain, rtol=1e-5, atol=1e-5)
