@@ -6,6 +6,7 @@ from mindspore import Tensor, nn
 
 from mindpet_lite.delta import LoRADense
 from mindpet_lite.delta.lora_init import parse_weight_init, plain_lora_factors
+from mindpet_lite.integrations.mindformers import LoRALinear
 from tests import reference as ref
 
 F32, F16 = ms.float32, ms.float16
@@ -224,3 +225,8 @@ def test_dora_dropout_follows_set_train_in_graph_mode():
     assert np.abs(layer(Tensor(x)).asnumpy() - plain).max() > 1e-2
     layer.set_train(False)
     np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_linear_refuses_dora():
+    with pytest.raises(ValueError, match="use_dora=True is supported on LoRADense"):
+        LoRALinear(4, 3, 2, 4, use_dora=True)
