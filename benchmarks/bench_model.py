@@ -6,6 +6,7 @@ Run (from anywhere; ~12 min with the defaults):
     python benchmarks/bench_model.py --sizes tiny       # tiny only
     python benchmarks/bench_model.py --step trainer     # only the project's TrainStep (default: both)
     python benchmarks/bench_model.py --mem-sizes larger --mem-recompute off   # a quicker memory part
+    python benchmarks/bench_model.py --dora --step trainer   # only DoRA and PiSSA steps next to LoRA's
 
 Two parts:
 
@@ -46,6 +47,8 @@ SIZES = {
 }
 LORA = {"pet_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ".*wq|.*wk|.*wv|.*wo"}
+# --dora: the same LoRA with the layer-level variants of issue 15
+VARIANTS = {"dora": {"use_dora": True}, "pissa": {"init_lora_weights": "pissa"}}
 
 
 def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0, recompute=False):
@@ -60,9 +63,9 @@ def build_step(size, mode, step_impl="ref", lr=1e-4, seed=0, recompute=False):
     cfg = dict(SIZES[size])
     batch = cfg["batch_size"]
     net = LlamaForCausalLM(LlamaConfig(**cfg))
-    if mode == "lora":
+    if mode == "lora" or mode in VARIANTS:
         from mindpet_lite.pet import get_pet_model
-        get_pet_model(net, dict(LORA))
+        get_pet_model(net, dict(LORA, **VARIANTS.get(mode, {})))
     if recompute:  # recompute_config.recompute: True
         from mindpet_lite.models import recompute_layers
         recompute_layers(net)
@@ -112,12 +115,12 @@ def child(args):
             "steady_step_s": steady, "loss": float(loss.asnumpy()), **info})
 
 
-def side_by_side(size, reps, step_impls, threads):
+def side_by_side(size, reps, step_impls, threads, modes=("full", "lora")):
     """Part 1 for one size, in this process: {step_impl}-{mode} cells, interleaved."""
     C.setup(threads)
     cells = {}
     for impl in step_impls:
-        for mode in ("full", "lora"):
+        for mode in modes:
             step, batch, info = build_step(size, mode, impl)
             step(*batch)  # compile
             cells[f"{impl}-{mode}"] = (step, batch, info)
@@ -141,6 +144,8 @@ def main():
     parser.add_argument("--reps", type=int, default=0, help="interleaved rounds (default: 12 tiny, 5 larger)")
     parser.add_argument("--mem-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dora", action="store_true",
+                        help="only the variants' part: LoRA, DoRA (use_dora) and PiSSA steps side by side")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
@@ -150,10 +155,13 @@ def main():
     C.print_header(__file__)
     if args.side:
         reps = args.reps or (12 if args.size == "tiny" else 5)
-        wall, cpu, info = side_by_side(args.size, reps, args.step.split(","), args.threads)
+        modes = ("lora", *VARIANTS) if args.dora else ("full", "lora")
+        wall, cpu, info = side_by_side(args.size, reps, args.step.split(","), args.threads, modes)
         return C.emit({"wall": wall, "cpu": cpu, "info": info, "reps": reps})
     if args.child:
         return child(args)
+    if args.dora:
+        return variants(args)
 
     sizes = args.sizes.split(",")
     impls = args.step.split(",")
@@ -222,6 +230,32 @@ def main():
     print("\n### Targets\n")
     print(C.table(["size", "step", "target", "wall", "CPU", ""], trows))
     return None
+
+
+def variants(args):
+    """DoRA and PiSSA steps over the LoRA step, side by side in one process per size."""
+    me = os.path.abspath(__file__)
+    impls = args.step.split(",")
+    print(f"built-in Llama, GRAPH_MODE, CPU, {args.threads} threads, float32; LoRA r=8 on wq/wk/wv/wo; "
+          f"variants: {VARIANTS}")
+    rows = []
+    for size in args.sizes.split(","):
+        res = C.run_child(me, ["--side", "--dora", "--size", size, "--reps", args.reps, "--step", args.step,
+                               "--threads", args.threads])
+        wall, cpu, info = res["wall"], res["cpu"], res["info"]
+        for impl in impls:
+            base = f"{impl}-lora"
+            rows.append([size, impl, "lora", f"{info[base]['trainable']:,}", C.med(wall[base]) * 1e3, "", "",
+                         res["reps"]])
+            for mode in VARIANTS:
+                key = f"{impl}-{mode}"
+                rw, w1, w3 = C.ratio_stats(wall[key], wall[base])
+                rc, c1, c3 = C.ratio_stats(cpu[key], cpu[base])
+                rows.append([size, impl, mode, f"{info[key]['trainable']:,}", C.med(wall[key]) * 1e3,
+                             f"{rw:.3f} [{w1:.3f}, {w3:.3f}]", f"{rc:.3f} [{c1:.3f}, {c3:.3f}]", res["reps"]])
+    print("\n### Variant step / LoRA step, side by side in one process (median of per-round ratios [IQR])\n")
+    print(C.table(["size", "step", "mode", "trainable", "step ms", "/ LoRA wall [IQR]", "/ LoRA CPU [IQR]", "rounds"],
+                  rows))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ loss per answer token, answer-token accuracy, exact match (every answer token ri
   last layers     lm_head and the final norm (model.norm_out) only
   LoRA attn r     LoRA rank r, alpha 2r, on wq/wk/wv/wo        (get_pet_model)
   LoRA all r      LoRA rank r, alpha 2r, on wq/wk/wv/wo/w1/w2/w3
+  DoRA attn 8     LoRA attn r=8 with use_dora: true (a magnitude per output row)
+  PiSSA attn 8    LoRA attn r=8 with init_lora_weights: pissa (the base keeps the residual)
 """
 import argparse
 import importlib.util
@@ -42,6 +44,9 @@ ALL = ".*wq|.*wk|.*wv|.*wo|.*w1|.*w2|.*w3"
 CONFIGS = [("full", "full", None, None), ("last layers", "head", None, None)] + \
     [(f"LoRA attn r={r}", "lora", r, ATTN) for r in (4, 8, 16)] + \
     [(f"LoRA all r={r}", "lora", r, ALL) for r in (4, 8, 16)]
+# issue 15's layer-level variants: LoRA attn r=8 plus these pet_config keys, the same lr grid and budget
+VARIANT_KEYS = {"DoRA attn r=8": {"use_dora": True}, "PiSSA attn r=8": {"init_lora_weights": "pissa"}}
+CONFIGS += [(name, "lora", 8, ATTN) for name in VARIANT_KEYS]
 # (low, middle, high); --lr-grid 2 tries the middle and the low one. Single runs at 24 epochs: full
 # 1e-4 89.2% < 3e-4 98.8% exact match; LoRA attention r=4 1e-3 75.0% < 2e-3 96.7%, r=8 5e-3 diverged
 # to 48.8% (16 epochs); lm_head + norm 1e-2 52.5%.
@@ -91,7 +96,7 @@ def run(args):
     T.load_base_checkpoint(net, BASE)
     if args.kind == "lora":
         get_pet_model(net, {"pet_type": "lora", "lora_rank": args.rank, "lora_alpha": 2 * args.rank,
-                            "lora_dropout": 0.0, "target_modules": args.targets})
+                            "lora_dropout": 0.0, "target_modules": args.targets, **VARIANT_KEYS.get(args.name, {})})
     elif args.kind == "head":
         for name, p in net.parameters_and_names():
             p.requires_grad = name.startswith("lm_head.") or name.startswith("model.norm_out.")

@@ -52,6 +52,39 @@ def merged_weight(w, a, bmat, scaling, layout="out_in"):
     return w.astype(np.float64) + (delta if layout == "out_in" else delta.T)
 
 
+def dora_forward(x, w, b, a, bmat, m, scaling, activation=None):
+    """DoRA: activation(m / ‖W + s·B·A‖_row ⊙ x·(W + s·B·A)ᵀ + b), float64."""
+    v = w.astype(np.float64) + scaling * (bmat.astype(np.float64) @ a.astype(np.float64))
+    c = m.astype(np.float64) / np.linalg.norm(v, axis=1)
+    z = (x.astype(np.float64) @ v.T) * c
+    if b is not None:
+        z = z + b.astype(np.float64)
+    return ACTIVATIONS[activation][0](z)
+
+
+def dora_grads(x, w, b, a, bmat, m, scaling, g, activation=None):
+    """Gradients of sum(g * dora_forward) w.r.t. x, A, B and m, the row norm held constant (the
+    paper's section 4.3), float64."""
+    x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    g2 = g.reshape(-1, g.shape[-1]).astype(np.float64)
+    w, a, bmat, m = (t.astype(np.float64) for t in (w, a, bmat, m))
+    v = w + scaling * bmat @ a
+    norm = np.linalg.norm(v, axis=1)
+    y = x2 @ v.T
+    z = y * (m / norm) + (b if b is not None else 0.0)
+    dz = g2 * ACTIVATIONS[activation][1](z)
+    dy = dz * (m / norm)
+    dv = dy.T @ x2  # [out, in]: the gradient reaching W + s·B·A through the product only
+    dm = np.sum(dz * y, axis=0) / norm
+    return (dy @ v).reshape(x.shape), scaling * bmat.T @ dv, scaling * dv @ a.T, dm
+
+
+def dora_merged_weight(w, a, bmat, m, scaling):
+    """m / ‖W + s·B·A‖_row ⊙ (W + s·B·A), float64."""
+    v = w.astype(np.float64) + scaling * (bmat.astype(np.float64) @ a.astype(np.float64))
+    return v * (m.astype(np.float64) / np.linalg.norm(v, axis=1))[:, None]
+
+
 # ------------------------------------------------------------------------------------------------
 # Llama (float64), from the papers' math: RMSNorm, rotary pairs (i, i + D/2), grouped-query causal
 # attention, SwiGLU

@@ -9,6 +9,7 @@ from mindpet_lite.adapters.merge import (
     merge_weights,
     unmerge_checkpoint,
 )
+from mindpet_lite.adapters.mutated_init import convert_weight_init
 from mindpet_lite.adapters.peft import export_peft, import_peft
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "import_peft",
     "hf_to_mindspore",
     "mindspore_to_hf",
+    "convert_weight_init",
 ]

@@ -15,6 +15,7 @@ from mindspore import Tensor, nn
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters.mutated_init import convert_weight_init
 from mindpet_lite.adapters.named import load_named_adapter, named_adapter_tensors
 from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
@@ -53,7 +54,9 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
         format (str): 'ckpt' or 'safetensors'; default from the suffix, which it must agree with.
         config: a LoraConfig or pet_config dict recorded in the metadata; None follows the rule of
             :func:`mindpet_lite.adapters.metadata.adapter_config` (the net's own config, else one
-            described from its LoRA cells). Checked against the cells (rank and scaling).
+            described from its LoRA cells). Checked against the cells (rank and scaling). A
+            PiSSA / OLoRA network is saved as a rank-2r plain LoRA of the original base
+            (``adapters.mutated_init``): load it onto a network built with its pet_config.
         base_fingerprint: None computes it from ``net``; a dict from
             :func:`~mindpet_lite.adapters.metadata.base_fingerprint` is used as given (e.g. for a
             network whose base weights were dropped).
@@ -88,13 +91,22 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
             raise ValueError(f"refusing to save an empty adapter: {name} has no elements (shape {list(array.shape)}); "
                              "under model parallelism gather the parameters first")
         tensors[name] = array
-    return _write(net, path, fmt, tensors, _meta.adapter_config(net, config), base_fingerprint)
-
-
-def _write(net, path, fmt, tensors, lora_config, base_fingerprint):
     _checks.check_finite_arrays(f"save_adapter {path}", tensors)
+    lora_config = _meta.adapter_config(net, config)
+    started = lora_config
+    tensors, lora_config = convert_weight_init(net, tensors, lora_config)  # PiSSA / OLoRA: plain LoRA of W
+    extra = {}
+    if started is not None and lora_config is not started:  # where the rank-2r pairs came from
+        extra["converted_from"] = {key: started.to_dict()[key] for key in ("init_lora_weights", "lora_rank", "lora_alpha")}
+    return _write(net, path, fmt, tensors, lora_config, base_fingerprint, extra)
+
+
+def _write(net, path, fmt, tensors, lora_config, base_fingerprint, extra=None):  # pylint: disable=too-many-arguments
+    _checks.check_finite_arrays(f"save_adapter {path}", tensors)
+    extra = extra or {}
+    # names and shapes only: the same for a PiSSA / OLoRA base that holds the residual
     fingerprint = base_fingerprint if base_fingerprint is not None else _meta.base_fingerprint(net)
-    meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net))
+    meta = _meta.build_metadata(lora_config, fingerprint, weight_layout=_meta.weight_layout(net), **extra)
     _meta.write_adapter_file(tensors, path, meta, fmt)
     n_lora = sum(LORA_MARK in n for n in tensors)
     logger.info("save_adapter: %d LoRA + %d other tensors -> %s", n_lora, len(tensors) - n_lora, path)

@@ -12,6 +12,9 @@
   checkpoint has one convention); with no non-square weight they take the layout the adapter's
   metadata records (``weight_layout``: how the network it was trained on stored W). Otherwise square
   weights are an error unless ``layout='out_in'`` or ``'in_out'`` (``--layout``) is given.
+* DoRA adapters (a ``mindpet_delta_lora_magnitude`` m per pair) merge to W' = m / ‖W + s·B·A‖_row ⊙
+  (W + s·B·A), the row norms taken over the [out, in] weight whatever the layout; they cannot be
+  unmerged from a checkpoint (W' no longer tells the norms; a LoRADense keeps them for its unmerge).
 * Adapter tensors that are not LoRA pairs (parameters ``freeze_exclude`` left trainable) replace the
   base values when merging; unmerge cannot restore those and refuses.
 
@@ -27,9 +30,11 @@ from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters.io import load_adapter, read_adapter
 from mindpet_lite.adapters.named import named_adapter_tensors
-from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names, split_lora_pairs
+from mindpet_lite.adapters.names import (LORA_MARK, is_lora_name, is_state_key, resolve_names, split_lora_pairs,
+                                         split_magnitudes)
 from mindpet_lite.delta.lora import lora_scaling
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
+from mindpet_lite.delta.lora_dora import dora_merged
 from mindpet_lite.graph.freeze import lora_cells
 
 logger = logging.getLogger(__name__)
@@ -152,7 +157,9 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
     """
     weights = _as_base(base)
     tensors, meta = _as_adapter(adapter)
-    pairs, extras = split_lora_pairs(tensors)
+    magnitudes, rest = split_magnitudes(tensors)
+    pairs, extras = split_lora_pairs(rest)
+    _check_magnitudes(magnitudes, pairs, unmerge)
     if not pairs and not extras:
         raise ValueError("the adapter holds no LoRA pairs and no other tensors")
     _checks.check_finite_arrays("the adapter", tensors)  # a NaN folded into W cannot be taken out again
@@ -186,6 +193,11 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
         a, b = pairs[wanted[key]]
         w = weights[base_key]
         delta = np.float32(scales[key]) * (b.astype(np.float32) @ a.astype(np.float32))
+        if wanted[key] in magnitudes:
+            w_out_in = w.astype(np.float32).T if layouts[key] == "in_out" else w.astype(np.float32)
+            merged = dora_merged(w_out_in, delta, magnitudes[wanted[key]].astype(np.float32))[0]
+            out[base_key] = (merged.T if layouts[key] == "in_out" else merged).astype(w.dtype)
+            continue
         if layouts[key] == "in_out":
             delta = delta.T
         out[base_key] = (w.astype(np.float32) + np.float32(sign) * delta).astype(w.dtype)
@@ -195,6 +207,21 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
         out[base_key] = extras[key].astype(weights[base_key].dtype)
     logger.info("%s %d LoRA pairs (+%d full tensors)", "unmerged" if unmerge else "merged", len(mapping), len(extra_map))
     return out
+
+
+def _check_magnitudes(magnitudes, pairs, unmerge):
+    """Every DoRA magnitude belongs to a pair and has one value per output row; none on unmerge."""
+    if not magnitudes:
+        return
+    if unmerge:
+        raise ValueError("cannot unmerge a DoRA adapter from a checkpoint: the merged weight no longer tells the row "
+                         "norms ‖W + s·B·A‖ it was divided by; merge the original base again instead")
+    for module, m in magnitudes.items():
+        if module not in pairs:
+            raise ValueError(f"adapter: {module} has a DoRA magnitude but no LoRA pair")
+        if m.shape != (pairs[module][1].shape[0],):
+            raise ValueError(f"adapter: {module} has a DoRA magnitude of shape {list(m.shape)}; expected "
+                             f"[{pairs[module][1].shape[0]}] (one per output row of B)")
 
 
 def merge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto", unmerge=False,  # pylint: disable=redefined-builtin

@@ -8,6 +8,9 @@ safetensors header entry ``mindpet_lite``)::
      "base_fingerprint": {"sha256": "...", "params": 21, "numel": 123456}, "source": "mindpet_lite",
      "weight_layout": "out_in"}
 
+A PiSSA / OLoRA adapter, saved as a rank-2r plain LoRA of the original base (``adapters.mutated_init``),
+also records ``"converted_from": {"init_lora_weights", "lora_rank", "lora_alpha"}`` of its training run.
+
 ``weight_layout`` says how the adapted layers store W ([out, in] for nn.Dense, [in, out] for a
 MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
@@ -19,7 +22,8 @@ stored as ``[[key, value], ...]`` so that the sorted JSON keeps their first-matc
 
 The base fingerprint hashes the sorted ``(name, shape)`` pairs of the network's non-LoRA parameters,
 i.e. the base model, whether or not ``freeze_exclude`` left some of them trainable: the same base gives
-the same fingerprint for any choice of trainable extras. Changing how it is computed would orphan every
+the same fingerprint for any choice of trainable extras, and for a PiSSA / OLoRA network whose base
+weights hold the residual (values are not hashed). Changing how it is computed would orphan every
 saved adapter (``tests/adapters/test_metadata.py`` pins a value).
 """
 import hashlib
@@ -201,6 +205,9 @@ def adapter_config(net, config=None):
             raise ValueError(f"config gives {name} scaling {config.scaling_for(name):g} (lora_alpha="
                              f"{config.alpha_for(name)}, use_rslora={config.use_rslora}) but it computes with "
                              f"scaling {cell.scaling:g}")
+        if cell.use_dora != config.use_dora:
+            raise ValueError(f"config.use_dora={config.use_dora} but {name} has use_dora={cell.use_dora}: "
+                             "the metadata would not describe the weights")
     return config
 
 
@@ -218,16 +225,19 @@ def _mindformers_config(net):
 
 def _describe_cells(cells):
     """A LoraConfig describing LoRA cells built without one (:func:`describe_layers` of their first adapter)."""
+    dora = {c.use_dora for c in cells.values()}
+    if len(dora) != 1:
+        raise ValueError("some LoRA cells use DoRA and others do not; pass config= to say what the adapter is")
     return describe_layers({name: (c.lora_rank, c.lora_alpha, c.use_rslora,
                                    float(getattr(c.lora_dropout, "p", 0.0)) if c.lora_dropout is not None else 0.0)
-                            for name, c in cells.items()})
+                            for name, c in cells.items()}, use_dora=dora.pop())
 
 
-def describe_layers(layers, target_modules=None):
+def describe_layers(layers, target_modules=None, use_dora=False):
     """A LoraConfig describing ``{layer path: (rank, alpha, use_rslora, dropout)}``: the commonest rank and
     alpha are lora_rank / lora_alpha, a layer with another gets a rank_pattern / alpha_pattern key of its
     own (its escaped path, anchored when it would also match another layer's); all must agree on rsLoRA.
-    target_modules defaults to the layers' leaf names."""
+    target_modules defaults to the layers' leaf names; use_dora is recorded as given."""
     rslora = {spec[2] for spec in layers.values()}
     if len(rslora) != 1:
         raise ValueError("the LoRA cells disagree on use_rslora; pass config= to say what the adapter is")
@@ -240,7 +250,7 @@ def describe_layers(layers, target_modules=None):
     leaves = sorted({name.rsplit(".", 1)[-1] for name in layers})
     if target_modules is None:
         target_modules = "|".join(f".*{re.escape(leaf)}" for leaf in leaves)
-    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora.pop(),
+    return LoraConfig(lora_rank=rank, lora_alpha=alpha, use_rslora=rslora.pop(), use_dora=use_dora,
                       lora_dropout=max(spec[3] for spec in layers.values()), target_modules=target_modules,
                       rank_pattern={keys[n]: spec[0] for n, spec in layers.items() if spec[0] != rank},
                       alpha_pattern={keys[n]: spec[1] for n, spec in layers.items() if spec[1] != alpha})

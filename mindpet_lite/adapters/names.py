@@ -22,7 +22,7 @@
 """
 import re
 
-from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 
 LORA_MARK = "mindpet_delta_lora_"
 PEFT_PREFIX = "base_model.model."
@@ -35,7 +35,9 @@ TRAINING_STATE_PREFIXES = ("adam_m.", "adam_v.", "moment1.", "moment2.", "moment
 
 # mcore / PEFT LoRA names -> ours
 _FOREIGN_LORA = ((re.compile(r"\.lora_[Aa](?:\.default)?\.weight$"), "." + LORA_A),
-                 (re.compile(r"\.lora_[Bb](?:\.default)?\.weight$"), "." + LORA_B))
+                 (re.compile(r"\.lora_[Bb](?:\.default)?\.weight$"), "." + LORA_B),
+                 # DoRA: PEFT's state-dict key has no ".weight"; its module attribute does
+                 (re.compile(r"\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$"), "." + LORA_MAGNITUDE))
 
 # module paths inside model.layers.N: (Hugging Face, built-in)
 _LAYER_MODULES = (
@@ -78,6 +80,19 @@ def is_lora_name(name):
 def is_state_key(name):
     """True for optimizer / loop state written beside the weights."""
     return name.startswith(TRAINING_STATE_PREFIXES)
+
+
+def split_magnitudes(tensors):
+    """``({module: DoRA magnitude}, {every other name: array})`` (names normalised for the magnitudes,
+    kept as they are for the rest, which :func:`split_lora_pairs` reads next)."""
+    magnitudes, rest = {}, {}
+    for key, array in tensors.items():
+        name = normalize_name(key)
+        if not is_state_key(key) and name.endswith("." + LORA_MAGNITUDE):
+            magnitudes[name[: -len(LORA_MAGNITUDE) - 1]] = array
+        else:
+            rest[key] = array
+    return magnitudes, rest
 
 
 def split_lora_pairs(tensors):

@@ -17,8 +17,15 @@ PEFT's keys are resolved with PEFT's rule against each HF module and written bac
 PEFT requires; ``modules_to_save`` are the full tensors (``base_model.model.<HF name>``, as PEFT saves
 them). ``loraplus_lr_ratio`` trains only: not a PEFT LoraConfig key, not written (logged).
 
-Import refuses what a LoRADense cannot hold: DoRA, LoRA biases, embedding LoRA, ``fan_in_fan_out``, and
-other PEFT types.
+DoRA: the magnitude ``<layer>.mindpet_delta_lora_magnitude`` is PEFT's
+``base_model.model.<HF module>.lora_magnitude_vector`` (PEFT's state-dict key has no ``.weight``), with
+``use_dora: true`` in the config. Adapters are always exported with ``init_lora_weights: true``: a
+PiSSA / OLoRA adapter was already saved as plain LoRA of the original base (``adapters.mutated_init``);
+a PEFT adapter whose config still says pissa / olora / corda / loftq is relative to a changed base
+and is refused on import (save it with PEFT's ``path_initial_model_for_weight_conversion``).
+
+Import refuses what a LoRADense cannot hold: LoRA biases, embedding LoRA, ``fan_in_fan_out``, and other
+PEFT types.
 """
 import json
 import logging
@@ -30,7 +37,7 @@ import numpy as np
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters import names
-from mindpet_lite.delta.lora import LORA_A, LORA_B
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
 
@@ -39,12 +46,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["export_peft", "import_peft", "read_peft_adapter"]
 
 CONFIG_NAME = "adapter_config.json"
+_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")  # PEFT starts that change the base weights
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = names.PEFT_PREFIX
 
 # adapter_config.json keys whose non-default value changes the math in a way we cannot represent
 _REFUSED = {
-    "use_dora": (False, None),
     "lora_bias": (False, None),
     "fan_in_fan_out": (False, None),
     "use_qalora": (False, None),
@@ -116,9 +123,11 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
     _check_override(lora_config, lora_alpha, use_rslora)
     _checks.check_finite_arrays("the adapter", tensors)
-    pairs, extras = names.split_lora_pairs(tensors)
+    magnitudes, rest = names.split_magnitudes(tensors)
+    pairs, extras = names.split_lora_pairs(rest)
     if not pairs:
         raise ValueError("the adapter holds no LoRA pairs to export")
+    use_dora = _check_dora(lora_config, magnitudes, pairs)
     rank = _check_ranks(pairs, lora_config)
     alpha = lora_alpha if lora_alpha is not None else getattr(lora_config, "lora_alpha", None)
     if alpha is None:
@@ -143,6 +152,8 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
             alpha_pattern[hf] = lora_config.alpha_for(module)
         out[f"{_PREFIX}{hf}.lora_A.weight"] = a
         out[f"{_PREFIX}{hf}.lora_B.weight"] = b
+        if module in magnitudes:
+            out[f"{_PREFIX}{hf}.lora_magnitude_vector"] = magnitudes[module]
     to_save = []
     for name, array in sorted(extras.items()):
         hf = _hf_param(name)
@@ -168,7 +179,7 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         "use_rslora": rslora, "target_modules": targets, "lora_dropout": dropout,
         "bias": "none", "base_model_name_or_path": base_model_name_or_path, "fan_in_fan_out": False,
         "modules_to_save": to_save or None, "init_lora_weights": True, "inference_mode": True,
-        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "use_dora": False,
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "use_dora": use_dora,
         "layers_to_transform": layers, "layers_pattern": None, "revision": None,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -192,6 +203,15 @@ def _check_ranks(pairs, lora_config):
             raise ValueError(f"the adapter's metadata gives {module} lora_rank={lora_config.rank_for(module)} "
                              f"(lora_rank, rank_pattern) but its weights have rank {a.shape[0]}")
     return lora_config.lora_rank
+
+
+def _check_dora(lora_config, magnitudes, pairs):
+    """True when the adapter is DoRA: a magnitude for every pair (and its metadata agrees)."""
+    recorded = lora_config.use_dora if lora_config is not None else bool(magnitudes)
+    if recorded != bool(magnitudes) or (magnitudes and set(magnitudes) != set(pairs)):
+        raise ValueError(f"the adapter's metadata says use_dora={recorded} but it holds DoRA magnitudes for "
+                         f"{len(set(magnitudes) & set(pairs))} of its {len(pairs)} LoRA pairs")
+    return bool(magnitudes)
 
 
 def _check_override(lora_config, lora_alpha, use_rslora):
@@ -224,6 +244,11 @@ def _read_config(peft_dir):
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (a LoRADense holds plain LoRA with "
                              "its own rank and alpha per layer; DoRA, LoRA biases and the like cannot be "
                              "represented)")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_MUTATING_INITS):
+        raise ValueError(f"{path}: init_lora_weights={init!r}: the adapter is relative to a base that keeps the "
+                         "residual of its start, not to the original base; save it with PEFT's "
+                         "path_initial_model_for_weight_conversion (a plain LoRA of rank 2r) and import that")
     if config.get("bias", "none") != "none":
         raise ValueError(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
     for key in ("r", "lora_alpha"):
@@ -257,11 +282,18 @@ def read_peft_adapter(peft_dir):
     rank_pattern, alpha_pattern = _read_pattern(config, "rank_pattern"), _read_pattern(config, "alpha_pattern")
     our_ranks, our_alphas = {}, {}  # per-module values, keyed by our module path
     for key, array in raw.items():
-        if "lora_embedding" in key or "lora_magnitude" in key or key.endswith(".lora_A.bias") \
-                or key.endswith(".lora_B.bias"):
-            raise ValueError(f"{weights}: {key} is an embedding LoRA / DoRA / LoRA-bias weight, which a LoRADense "
+        if "lora_embedding" in key or key.endswith(".lora_A.bias") or key.endswith(".lora_B.bias"):
+            raise ValueError(f"{weights}: {key} is an embedding LoRA / LoRA-bias weight, which a LoRADense "
                              "cannot hold")
         name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        dora = re.match(r"^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$", name)
+        if dora:
+            module = names.hf_module_to_mindspore(dora.group(1))
+            if module is None or array.ndim != 1 or not config.get("use_dora"):
+                raise ValueError(f"{weights}: {key} (shape {list(array.shape)}) is not a DoRA magnitude of a Llama "
+                                 f"projection in an adapter with use_dora=true")
+            tensors[f"{module}.{LORA_MAGNITUDE}"] = array
+            continue
         match = re.match(r"^(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
         if match:
             module = names.hf_module_to_mindspore(match.group(1))
@@ -292,11 +324,15 @@ def read_peft_adapter(peft_dir):
         raise ValueError(f"{weights}: {len(unknown)} keys have no built-in Llama counterpart: {_checks.short_list(unknown)}")
     if not any(k.endswith(LORA_A) for k in tensors):
         raise ValueError(f"{weights} holds no LoRA weights")
-    names.split_lora_pairs(tensors)  # every A has its B
+    magnitudes, rest = names.split_magnitudes(tensors)
+    _check_dora(None, magnitudes, names.split_lora_pairs(rest)[0])  # every A has its B (and its magnitude)
+    if bool(config.get("use_dora")) != bool(magnitudes):
+        raise ValueError(f"{weights}: {CONFIG_NAME} says use_dora={config.get('use_dora')!r} but the weights hold "
+                         f"{len(magnitudes)} lora_magnitude_vector entries")
     _checks.check_finite_arrays(weights, tensors)
     lora_config = LoraConfig(lora_rank=int(rank), lora_alpha=config["lora_alpha"],
                              lora_dropout=float(config.get("lora_dropout") or 0.0),
-                             use_rslora=bool(config.get("use_rslora", False)),
+                             use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(magnitudes),
                              target_modules="|".join(f".*{leaf}" for leaf in sorted(leaves)),
                              rank_pattern=our_ranks, alpha_pattern=our_alphas,
                              layers_to_transform=config.get("layers_to_transform"),

@@ -12,7 +12,9 @@ Two ways to compute the same function, chosen per call from the static shapes (b
   (`lora_fold.py`); cheaper when there are many rows. Used for float32 compute without dropout
   (folding in float16/bfloat16 would round s·B·A to W's ulp).
 
-Argument checks live in `lora_checks.py`, activation sharding in `lora_shard.py`.
+Argument checks live in `lora_checks.py`, activation sharding in `lora_shard.py`. DoRA
+(``use_dora``: a trainable magnitude per output row, first adapter only) has its own branch, its math in
+`lora_dora.py`; PiSSA / OLoRA starts (`init_from_weight`) take their factors from `lora_init.py`.
 
 Named adapters (`lora_adapters.py`, whose `NamedAdapters` gives the cell those methods): the pair
 above is the first adapter, "default"; `add_adapter`
@@ -33,7 +35,10 @@ from mindpet_lite import _checks
 from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs, operators_sharded
 from mindpet_lite.delta.lora_checks import check_activation, check_init, check_strategy, init_value
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER, MixedLoRAMatMul, NamedAdapters
+from mindpet_lite.delta.lora_dora import (check_magnitude, dora_merged, dora_scale, dora_unmerged,
+                                          row_norms)
 from mindpet_lite.delta.lora_fold import FoldedLoRAMatMul, fold_pays
+from mindpet_lite.delta.lora_init import WEIGHT_INITS, weight_init_factors
 from mindpet_lite.delta.lora_shard import activation_shards
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 LORA_MARK = "mindpet_delta_lora_"  # MindPet's parameter names: every LoRA factor's name holds it
 LORA_A = LORA_MARK + "a"
 LORA_B = LORA_MARK + "b"
+LORA_MAGNITUDE = LORA_MARK + "magnitude"  # DoRA's m: trainable, saved and frozen like A and B
 
 def lora_scaling(lora_alpha, lora_rank, use_rslora=False):
     """s = alpha / rank, or alpha / sqrt(rank) with rsLoRA: the one place the formula is written."""
@@ -64,6 +70,8 @@ class LoRADense(NamedAdapters, nn.Dense):
         param_init_type (mindspore.dtype): dtype of A and B (float16, float32 or bfloat16).
         compute_dtype (mindspore.dtype): dtype of the matmuls (float16, float32 or bfloat16).
         use_rslora (bool): scale by alpha / sqrt(r) instead of alpha / r.
+        use_dora (bool): DoRA: a trainable magnitude per output feature (`mindpet_delta_lora_magnitude`,
+            param_init_type), set to the row norms ‖W + s·B·A‖ of the weight (see `init_dora_magnitude`).
         **kwargs: passed to `nn.Dense` (weight_init, bias_init, has_bias, activation, dtype).
 
     Inputs:
@@ -88,12 +96,13 @@ class LoRADense(NamedAdapters, nn.Dense):
     def __init__(self, in_channels, out_channels, lora_rank, lora_alpha, lora_dropout=0.,
                  lora_a_init=HeUniform(negative_slope=math.sqrt(5)), lora_b_init="zeros",
                  param_init_type=mstype.float32, compute_dtype=mstype.float16, use_rslora=False,
-                 **kwargs):
+                 use_dora=False, **kwargs):
         # every check before anything is built; numpy ints and floats become Python ones
         lora_rank = _checks.check_positive_int("lora_rank", lora_rank)
         lora_alpha = _checks.check_lora_alpha("lora_alpha", lora_alpha)
         _checks.check_dropout("lora_dropout", lora_dropout)
         _checks.check_bool("use_rslora", use_rslora)
+        _checks.check_bool("use_dora", use_dora)
         param_init_type = _checks.to_float_dtype("param_init_type", param_init_type)
         compute_dtype = _checks.to_float_dtype("compute_dtype", compute_dtype)
         check_activation(kwargs.get("activation"))
@@ -119,6 +128,13 @@ class LoRADense(NamedAdapters, nn.Dense):
                                               name=LORA_A)
         self.mindpet_delta_lora_b = Parameter(init_value(lora_b_init, [out_channels, lora_rank], param_init_type),
                                               name=LORA_B)
+        self.use_dora = use_dora
+        self.lora_init_factors = None  # (A0, B0) of a PiSSA / OLoRA start, see init_from_weight
+        self._dora_norm = None  # the row norms a DoRA merge divided by, which unmerge multiplies back
+        if use_dora:
+            self.mindpet_delta_lora_magnitude = Parameter(init_value("ones", [out_channels], param_init_type),
+                                                          name=LORA_MAGNITUDE)
+            self.init_dora_magnitude()
 
         self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else None
         # None: choose per call from the shapes; True / False: force the folded / branch form
@@ -141,7 +157,7 @@ class LoRADense(NamedAdapters, nn.Dense):
     @classmethod
     def from_dense(cls, dense, lora_rank, lora_alpha, lora_dropout=0.,
                    lora_a_init=HeUniform(negative_slope=math.sqrt(5)), lora_b_init="zeros",
-                   param_init_type=None, compute_dtype=None, use_rslora=False):
+                   param_init_type=None, compute_dtype=None, use_rslora=False, use_dora=False):
         """Wrap an existing nn.Dense: the same weight and bias Parameter objects (no copy), its
         activation; param_init_type and compute_dtype default to the weight's dtype."""
         if not isinstance(dense, nn.Dense):
@@ -156,12 +172,14 @@ class LoRADense(NamedAdapters, nn.Dense):
         compute_dtype = wdtype if compute_dtype is None else compute_dtype
         activation = dense.activation if dense.activation_flag else None
         cell = cls(dense.in_channels, dense.out_channels, lora_rank, lora_alpha, lora_dropout,
-                   lora_a_init, lora_b_init, param_init_type, compute_dtype, use_rslora,
+                   lora_a_init, lora_b_init, param_init_type, compute_dtype, use_rslora, use_dora,
                    has_bias=dense.has_bias, activation=activation,
                    weight_init="zeros", bias_init="zeros", dtype=wdtype)
         cell.weight = dense.weight
         if dense.has_bias:
             cell.bias = dense.bias
+        if use_dora:  # the magnitude was measured on the placeholder weight
+            cell.init_dora_magnitude()
         return cell
 
     def construct(self, x, rows=None):
@@ -182,6 +200,8 @@ class LoRADense(NamedAdapters, nn.Dense):
             out = self.add(self.matmul(x, weight), self._mixed_branch(x, rows))
         elif self._active_extra is not None:
             out = self._named_forward(x, weight, x_shape)
+        elif self.use_dora:
+            out = self._dora_matmul(x, weight, x_shape)
         elif self._use_fold(x_shape):
             out = self.folded_matmul(x, weight, self.mindpet_delta_lora_a, self.mindpet_delta_lora_b)
         else:
@@ -221,6 +241,24 @@ class LoRADense(NamedAdapters, nn.Dense):
             b_parts = b_parts + (self._as_compute(getattr(self, b_name)),)
         return self.mixed_matmul(h, self.cast(rows, self.dtype), ops.concat(a_parts, 0), ops.concat(b_parts, 1),
                                  self._mix_expand)
+
+    def _lora_branch(self, h):
+        """s·(h·Aᵀ)·Bᵀ, scaling the narrow [N, r] product."""
+        h = self.lora_a_matmul(h, self._as_compute(self.mindpet_delta_lora_a))
+        h = self.mul(h, self.scaling)
+        return self.lora_b_matmul(h, self._as_compute(self.mindpet_delta_lora_b))
+
+    def _dora_matmul(self, x, weight, x_shape):
+        """DoRA's product without bias (lora_dora.py): m/n ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ), in the folded form
+        when it pays; with dropout in training PEFT's form, the base product on the undropped x."""
+        scale = dora_scale(weight, self.mindpet_delta_lora_a, self.mindpet_delta_lora_b,
+                           self.mindpet_delta_lora_magnitude, self.scaling, self.dtype)
+        if self.lora_dropout is not None and self.training:
+            h = self.lora_dropout(x)
+            return self.matmul(x, weight) + (scale - 1) * self.matmul(h, weight) + scale * self._lora_branch(h)
+        if self._use_fold(x_shape):
+            return self.folded_matmul(x, weight, self.mindpet_delta_lora_a, self.mindpet_delta_lora_b) * scale
+        return (self.matmul(x, weight) + self._lora_branch(x)) * scale
 
     def _as_compute(self, param):
         if param.dtype != self.dtype:
@@ -263,11 +301,62 @@ class LoRADense(NamedAdapters, nn.Dense):
             if bad:
                 raise ValueError(f"{layer}: cannot {what}: {name} holds {bad} non-finite (NaN / Inf) values "
                                  f"of {values.size}; the weight is left unchanged")
-        new = Tensor(w + sign * self.delta_weight(), mstype.float32).astype(self.weight.dtype)
+        new = Tensor(self._folded_weight(w, sign, layer, what), mstype.float32).astype(self.weight.dtype)
         if not np.isfinite(new.astype(mstype.float32).asnumpy()).all():
             raise ValueError(f"{layer}: cannot {what}: W {'+' if sign > 0 else '-'} s·B·A overflows "
                              f"{self.weight.dtype} (s={self.scaling:g}); the weight is left unchanged")
         self.weight.set_data(new)
+
+    def _folded_weight(self, w, sign, layer, what):
+        """W + s·B·A, DoRA's m/n ⊙ (W + s·B·A) (n kept for unmerge), or the inverse of either."""
+        if not self.use_dora:
+            return w + sign * self.delta_weight()
+        magnitude = self.mindpet_delta_lora_magnitude.asnumpy().astype(np.float32)
+        check_magnitude(layer, what, magnitude)
+        if sign > 0:
+            merged, self._dora_norm = dora_merged(w, self.delta_weight(), magnitude)
+            return merged
+        return dora_unmerged(w, self.delta_weight(), magnitude, self._dora_norm)
+
+    def init_dora_magnitude(self):
+        """m <- ‖W + s·B·A‖ per output row (float32 math), so the DoRA layer starts as its plain LoRA
+        form. Call it after setting W (or A, B) by hand on a fresh cell."""
+        w = self.weight.asnumpy().astype(np.float32)
+        norms = row_norms(w, self.delta_weight())
+        self.mindpet_delta_lora_magnitude.set_data(
+            Tensor(norms, mstype.float32).astype(self.mindpet_delta_lora_magnitude.dtype))
+        return self
+
+    def init_from_weight(self, method, niter=None):
+        """PiSSA / OLoRA start (`lora_init.py`): A, B <- the principal part A0, B0 of W, and W <- the
+        residual W - s·B0·A0 (the same Parameter, so the base is changed in place); A0, B0 are kept in
+        `lora_init_factors` (float32 numpy) for `plain_lora_factors`. DoRA's magnitude is re-measured.
+        ValueError, nothing changed, for a merged cell, a rank above min(in, out), NaN / Inf in W."""
+        if method not in WEIGHT_INITS:
+            raise ValueError(f"method must be one of {list(WEIGHT_INITS)}, got {_checks.describe(method)}")
+        if niter is not None:
+            _checks.check_int("niter", niter, minimum=0)
+        layer = f"LoRADense({self.in_channels} -> {self.out_channels})"
+        if self.merged or self.lora_init_factors is not None:
+            raise ValueError(f"{layer}: init_from_weight needs an unmerged cell that was not initialised from its "
+                             "weight before")
+        if self.lora_rank > min(self.in_channels, self.out_channels):
+            raise ValueError(f"{layer}: {method} needs lora_rank <= min(in_channels, out_channels) = "
+                             f"{min(self.in_channels, self.out_channels)}, got lora_rank={self.lora_rank}")
+        w = self.weight.asnumpy().astype(np.float32)
+        if not np.isfinite(w).all():
+            raise ValueError(f"{layer}: {method} cannot start from a weight holding NaN / Inf")
+        init_a, init_b = weight_init_factors(method, w, self.lora_rank, self.scaling, niter)
+        a = Tensor(init_a, mstype.float32).astype(self.mindpet_delta_lora_a.dtype)
+        b = Tensor(init_b, mstype.float32).astype(self.mindpet_delta_lora_b.dtype)
+        self.mindpet_delta_lora_a.set_data(a)
+        self.mindpet_delta_lora_b.set_data(b)
+        # the residual from the factors as stored, so W_res + s·B0·A0 is W up to W's own rounding
+        self.lora_init_factors = (a.astype(mstype.float32).asnumpy(), b.astype(mstype.float32).asnumpy())
+        self.weight.set_data(Tensor(w - self.delta_weight(), mstype.float32).astype(self.weight.dtype))
+        if self.use_dora:
+            self.init_dora_magnitude()
+        return self
 
     def merge(self):
         """W <- W + s·B·A (float32 math, cast back); the forward then skips the LoRA branch.
@@ -344,10 +433,14 @@ class LoRADense(NamedAdapters, nn.Dense):
         return self
 
     def adapter_parameters(self):
-        """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}``."""
-        return {LORA_A: self.mindpet_delta_lora_a, LORA_B: self.mindpet_delta_lora_b}
+        """The trainable LoRA factors this cell holds, ``{LORA_A: A, LORA_B: B}`` (+ ``LORA_MAGNITUDE``
+        with DoRA)."""
+        params = {LORA_A: self.mindpet_delta_lora_a, LORA_B: self.mindpet_delta_lora_b}
+        if self.use_dora:
+            params[LORA_MAGNITUDE] = self.mindpet_delta_lora_magnitude
+        return params
 
     def extend_repr(self):
         extra = f", adapters={self.adapter_names()}, active={self.active_adapter!r}" if self.extra_adapters else ""
         return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "
-                f"scaling={self.scaling:g}, merged={self.merged}{extra}")
+                f"scaling={self.scaling:g}, merged={self.merged}" + (", use_dora=True" if self.use_dora else "") + extra)

@@ -68,6 +68,8 @@ class LoRALinear(LoRADense):
     """
 
     def __init__(self, *args, **kwargs):
+        if kwargs.get("use_dora"):  # its own forward (below) has no DoRA branch
+            raise ValueError("use_dora=True is supported on LoRADense (nn.Dense targets), not on LoRALinear")
         super().__init__(*args, **kwargs)
         if self.lora_dropout is None:
             # MindFormers' adapter shards `lora_dropout.dropout` under (semi-)auto parallel; a Dropout

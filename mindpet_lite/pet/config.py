@@ -13,9 +13,11 @@ from mindspore.common.initializer import Initializer, initializer
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.lora import lora_scaling
+from mindpet_lite.delta.lora_init import parse_weight_init
 from mindpet_lite.pet import variants
 
 PET_TYPES = ("lora",)
+INIT_LORA_WEIGHTS = (True, "gaussian", "pissa", "pissa_niter_<N>", "olora")  # PEFT's names
 
 
 def _dtype_name(dtype):
@@ -38,6 +40,13 @@ class LoraConfig:
     freeze_include / freeze_exclude: MindPet globs applied after everything but LoRA is frozen.
     rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, modules_to_save, loraplus_lr_ratio:
         HF PEFT's variant keys (help text on each field; matching rules in ``pet/variants.py``).
+    use_dora: DoRA (PEFT's `use_dora`): a trainable magnitude per output feature of each adapted
+        layer, saved as `mindpet_delta_lora_magnitude` and exported as PEFT's `lora_magnitude_vector`.
+    init_lora_weights: how A and B start (PEFT's key and values): true = lora_a_init / lora_b_init;
+        'gaussian' = A ~ N(0, (1/r)^2), B = 0; 'pissa' = the r principal singular vectors of W, the
+        base keeping the residual; 'pissa_niter_<N>' = the same from a randomized SVD with N power
+        iterations; 'olora' = the QR decomposition of W, the base keeping the residual. PiSSA /
+        OLoRA adapters are saved as plain LoRA of rank 2r on the original base (adapters.io).
     """
 
     pet_type: str = "lora"
@@ -53,6 +62,9 @@ class LoraConfig:
     freeze_include: Optional[list] = None
     freeze_exclude: Optional[list] = None
     use_rslora: bool = False
+    # ---- DoRA and the weight-based starts (issue 15, layer-level variants) ----
+    use_dora: bool = False
+    init_lora_weights: Any = True
 
     # ---- variants that HF PEFT users know (PEFT's key names; rules in pet/variants.py) -------------
     rank_pattern: dict = dataclasses.field(default_factory=dict, metadata={"help": (
@@ -167,6 +179,8 @@ class LoraConfig:
         _checks.check_lora_alpha("lora_alpha", self.lora_alpha)
         _checks.check_dropout("lora_dropout", self.lora_dropout)
         _checks.check_bool("use_rslora", self.use_rslora)
+        _checks.check_bool("use_dora", self.use_dora)
+        self._check_init_lora_weights()
         for key in ("lora_a_init", "lora_b_init"):
             self.check_init(key, getattr(self, key))
         self.param_init_type = _checks.to_float_dtype("param_init_type", self.param_init_type, allow_none=True)
@@ -188,6 +202,23 @@ class LoraConfig:
         self.layers_pattern = variants.check_layers_pattern(self.layers_pattern, self.layers_to_transform)
         self.modules_to_save = variants.check_modules_to_save(self.modules_to_save)
         self.loraplus_lr_ratio = variants.check_loraplus_lr_ratio(self.loraplus_lr_ratio)
+
+    def _check_init_lora_weights(self):
+        value = self.init_lora_weights
+        allowed = ", ".join(map(repr, INIT_LORA_WEIGHTS))
+        if not (value is True or value == "gaussian" or parse_weight_init(value) is not None):
+            raise ValueError(f"init_lora_weights must be one of {allowed} (N >= 0), got {_checks.describe(value)}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in ("lora_a_init", "lora_b_init")}
+        for key, default in defaults.items():
+            if value is not True and not (isinstance(getattr(self, key), str) and getattr(self, key) == default):
+                raise ValueError(f"{key}={_checks.describe(getattr(self, key))} is set but init_lora_weights="
+                                 f"{value!r} decides how A and B start: leave {key} at its default "
+                                 f"({default!r}) or use init_lora_weights=True")
+
+    @property
+    def weight_init(self):
+        """('pissa', niter) / ('olora', None) when A and B start from W (its residual stays), else None."""
+        return parse_weight_init(self.init_lora_weights)
 
     @staticmethod
     def check_init(key, value):

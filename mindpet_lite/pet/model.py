@@ -16,11 +16,16 @@ Four steps, and the network changes only in the last two:
    `<attribute>.<name>`; the base weight and bias get their original names back and the LoRA
    factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `_lora_prefixes`).
 4. freeze everything but the LoRA factors, then freeze_include / freeze_exclude (MindPet globs).
+
+`init_lora_weights: pissa / olora` changes the base weights (they keep the residual): that happens
+between build and swap, after every layer was built, each layer checked before any is changed.
 """
 import dataclasses
 import logging
 
+import numpy as np
 from mindspore import nn
+from mindspore.common.initializer import Normal
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
@@ -78,6 +83,7 @@ def apply_lora(network, pet_config):
     _check_layers(network, targets, config)
     _check_shared(network, targets)
     built = [_build(cell, path, config) for _, _, path, cell in targets]
+    _init_from_weights(built, targets, config)
     prefixes = _lora_prefixes(network, targets)
 
     for (parent, attr, path, old), new in zip(targets, built):
@@ -229,12 +235,18 @@ def _build(cell, path, config):
                          "once; narrow target_modules or start from the base network")
     lora = dict(lora_rank=config.rank_for(path), lora_alpha=config.alpha_for(path),  # rank/alpha_pattern
                 lora_dropout=config.lora_dropout, lora_a_init=config.lora_a_init, lora_b_init=config.lora_b_init, use_rslora=config.use_rslora)
+    if config.init_lora_weights == "gaussian":  # PEFT's: A ~ N(0, (1/r)^2), B = 0, with the layer's own r
+        lora.update(lora_a_init=Normal(sigma=1.0 / lora["lora_rank"]), lora_b_init="zeros")
     flag = _float_flag(cell)
     try:
         if isinstance(cell, nn.Dense):
             new = LoRADense.from_dense(
                 cell, param_init_type=config.param_init_type or cell.weight.dtype,
-                compute_dtype=config.compute_dtype or flag or cell.weight.dtype, **lora)
+                compute_dtype=config.compute_dtype or flag or cell.weight.dtype, use_dora=config.use_dora, **lora)
+        elif _mf.is_linear(cell) and (config.use_dora or config.weight_init is not None):
+            raise TypeError(f"use_dora={config.use_dora} / init_lora_weights={config.init_lora_weights!r} are "
+                            f"supported on mindspore.nn.Dense layers; {path} is a mindformers Linear (use the "
+                            "built-in Llama, or plain LoRA there)")
         elif _mf.is_linear(cell):
             new = _mf.LoRALinear.from_linear(cell, param_init_type=config.param_init_type,
                                              compute_dtype=config.compute_dtype, **lora)
@@ -249,6 +261,22 @@ def _build(cell, path, config):
     if flag is not None:  # keep the input casts a to_float() put on the replaced layer
         new.to_float(_checks.FLOAT_DTYPES[flag])
     return new
+
+
+def _init_from_weights(built, targets, config):
+    """PiSSA / OLoRA: every layer is checked first, then the factors are taken from the weights."""
+    if config.weight_init is None:
+        return
+    method, niter = config.weight_init
+    for new, (_, _, path, _) in zip(built, targets):
+        small = min(new.in_channels, new.out_channels)
+        if config.lora_rank > small:
+            raise ValueError(f"init_lora_weights={config.init_lora_weights!r} needs lora_rank <= min(in, out) of every "
+                             f"target; {path} is {new.in_channels} -> {new.out_channels}, lora_rank={config.lora_rank}")
+        if not np.isfinite(new.weight.asnumpy()).all():
+            raise ValueError(f"init_lora_weights={config.init_lora_weights!r}: the weight of {path} holds NaN / Inf")
+    for new in built:
+        new.init_from_weight(method, niter)
 
 
 def _lora_prefixes(network, targets):

@@ -108,7 +108,7 @@ def _peft_dir(tmp_path, rng, **config):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"use_dora": True}, "use_dora=True is not supported"),
+    ({"use_dora": True}, "says use_dora=True but the weights hold 0 lora_magnitude_vector"),
     ({"rank_pattern": {"q_proj": 8}}, "not rank r=8 of its rank_pattern"),  # weights of rank 4
     ({"alpha_pattern": {"q_proj": 0}}, r"alpha_pattern\['q_proj'\] must be a finite int or float other than 0"),
     ({"bias": "all"}, "bias='all'"),
