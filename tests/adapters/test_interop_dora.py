@@ -165,3 +165,45 @@ def test_peft_pissa_adapter_without_conversion_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"init_lora_weights='pissa_niter_4'.*path_initial_model_for_weight_conversion"):
         import_peft(str(tmp_path / "peft"))
     del model
+
+
+def test_dora_with_rank_and_alpha_patterns_in_one_piece(tmp_path):
+    """Issue 15's mixing case: use_dora with a rank_pattern / alpha_pattern (and a layer left out)
+    saves, loads, merges and exports as one adapter, every layer with its own rank and scaling."""
+    net = tiny_llama(seed=0, lora=False)
+    config = dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=ALL_TARGETS, use_dora=True,
+                  rank_pattern={r"model\.layers\.1\.attention\.wq": 2, "w2": 6},
+                  alpha_pattern={"wv": 3}, layers_to_transform=[1])
+    get_pet_model(net, config)
+    ranks = {name: cell.lora_rank for name, cell in net.cells_and_names() if hasattr(cell, "use_dora")}
+    assert ranks["model.layers.1.attention.wq"] == 2 and ranks["model.layers.1.feed_forward.w2"] == 6
+    assert ranks["model.layers.1.attention.wk"] == 4 and not any(".layers.0." in name for name in ranks)
+    _perturb(net, seed=5)
+    ids = _ids(2)
+    ms_logits = net(Tensor(ids)).asnumpy()
+
+    adapter = str(tmp_path / "mixed.safetensors")
+    meta = save_adapter(net, adapter)
+    assert meta["pet_config"]["use_dora"] is True and meta["pet_config"]["rank_pattern"]
+    export_peft(adapter, str(tmp_path / "peft"))
+    with open(tmp_path / "peft" / "adapter_config.json", encoding="utf-8") as f:
+        exported = json.load(f)
+    assert exported["use_dora"] is True and exported["rank_pattern"] and exported["alpha_pattern"]
+
+    original = numpy_params(tiny_llama(seed=0, lora=False))
+    mindspore_to_hf(original, str(tmp_path / "hf"), config=net.config)
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(hf, str(tmp_path / "peft"))
+    peft_diff = float(np.abs(_peft_logits(model, ids) - ms_logits).max())
+    print(f"\nDoRA + rank/alpha patterns -> PEFT: logits diff {peft_diff:.2e}")
+    assert peft_diff <= TOL
+
+    fresh = tiny_llama(seed=0, lora=False)
+    get_pet_model(fresh, pet_config_from_metadata(meta))
+    load_adapter(fresh, adapter)
+    assert np.abs(fresh(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
+    merged = merge_weights(original, adapter)
+    plain = tiny_llama(seed=0, lora=False)
+    for name, p in plain.parameters_and_names():
+        p.set_data(Tensor(merged[name]))
+    assert np.abs(plain(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
