@@ -118,9 +118,6 @@ esac
 # The repository root first on PYTHONPATH, so `python -m mindpet_lite...` works from any directory.
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-# msrun exports no per-node worker count; the runner sizes each worker's CPU kernel pool with it
-# (mindpet_lite/train/cpu_threads.py)
-export LOCAL_WORKER_NUM="$LOCAL_WORKER"
 
 if [ "$WORKER_NUM" -eq 1 ]; then
   RUN=("${CMD_ARGS[@]}")

@@ -1,5 +1,5 @@
-"""The runner sizes MindSpore's CPU kernel pool: context.runtime_num_threads, else the available CPUs
-shared among the node's msrun workers (MindSpore's own default is 25 threads on any machine)."""
+"""context.runtime_num_threads sizes MindSpore's CPU kernel pool (once per process); not set, the
+runner leaves MindSpore's default."""
 import pytest
 import yaml
 
@@ -15,19 +15,6 @@ def _tiny(**context):
     return data
 
 
-def test_default_is_the_available_cpus_shared_among_local_workers(monkeypatch):
-    monkeypatch.setattr(cpu_threads, "available_cpus", lambda: 8)
-    assert cpu_threads.default_threads({}) == 8
-    assert cpu_threads.default_threads({"LOCAL_WORKER_NUM": "2"}) == 4
-    assert cpu_threads.default_threads({"LOCAL_WORKER_NUM": "16"}) == 1  # never 0
-    assert cpu_threads.default_threads({"LOCAL_WORKER_NUM": "two"}) == 8  # not a count: ignored
-
-
-def test_available_cpus_follows_the_affinity_mask():
-    import os  # pylint: disable=import-outside-toplevel
-    assert cpu_threads.available_cpus() == len(os.sched_getaffinity(0))
-
-
 def test_the_yaml_key_is_read_and_checked():
     assert RunConfig.from_dict(_tiny(runtime_num_threads=3)).runtime_num_threads == 3
     assert RunConfig.from_dict(_tiny()).runtime_num_threads is None
@@ -37,20 +24,28 @@ def test_the_yaml_key_is_read_and_checked():
             RunConfig.from_dict(_tiny(runtime_num_threads=bad))
 
 
-def test_the_pool_is_sized_once_per_process(monkeypatch):
+def test_not_set_leaves_mindspores_default(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_threads.ms.device_context.cpu.op_tuning, "threads_num", calls.append)
     monkeypatch.setattr(cpu_threads, "_STATE", {})
-    monkeypatch.setattr(cpu_threads, "available_cpus", lambda: 6)
-    monkeypatch.delenv("LOCAL_WORKER_NUM", raising=False)
-    assert cpu_threads.set_cpu_threads() == 6
+    assert cpu_threads.set_cpu_threads(None) is None
+    assert not calls
+
+
+def test_the_pool_is_sized_once_per_process(monkeypatch, caplog):
+    calls = []
+    monkeypatch.setattr(cpu_threads.ms.device_context.cpu.op_tuning, "threads_num", calls.append)
+    monkeypatch.setattr(cpu_threads, "_STATE", {})
+    assert cpu_threads.set_cpu_threads(6) == 6
     assert cpu_threads.set_cpu_threads(3) == 6  # MindSpore refuses a second setting: the first stands
     assert calls == [6]
+    assert "runtime_num_threads=3 is not applied" in caplog.text
 
 
-def test_a_pool_set_before_the_runner_is_left_alone(monkeypatch):
+def test_a_pool_set_before_the_runner_is_left_alone(monkeypatch, caplog):
     def refuse(num):
         raise RuntimeError("The 'threads_num' can not be set repeatedly.")
     monkeypatch.setattr(cpu_threads.ms.device_context.cpu.op_tuning, "threads_num", refuse)
     monkeypatch.setattr(cpu_threads, "_STATE", {})
-    assert cpu_threads.set_cpu_threads(4) == 4
+    assert cpu_threads.set_cpu_threads(4) is None
+    assert "sized before the runner started" in caplog.text
