@@ -74,3 +74,17 @@ def numpy_params(net):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def randomize_peft_adapter(model, saved_noise=0.0, magnitude_spread=0.0):
+    """A PEFT model made to look trained: every lora_B ~ N(0, 0.05) (PEFT starts B at zero), the
+    modules_to_save copies moved by saved_noise·N(0, 1), DoRA magnitudes scaled by 1 + spread·U(0, 1)."""
+    import torch  # pylint: disable=import-outside-toplevel  # optional: only the interop tests need it
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+            if "modules_to_save" in name:
+                param.add_(saved_noise * torch.randn_like(param))
+            if "lora_magnitude_vector" in name:
+                param.mul_(1.0 + magnitude_spread * torch.rand_like(param))

@@ -15,7 +15,7 @@ from mindpet_lite.adapters import (export_peft, hf_to_mindspore, import_peft, lo
                                    mindspore_to_hf, save_adapter)
 from mindpet_lite.adapters.convert import hf_config_to_llama, llama_config_to_hf  # noqa: E402
 from mindpet_lite.models.generation import generate  # noqa: E402
-from tests.adapters.conftest import ALL_TARGETS, numpy_params, randomize, tiny_llama  # noqa: E402
+from tests.adapters.conftest import ALL_TARGETS, numpy_params, randomize, randomize_peft_adapter, tiny_llama  # noqa: E402
 
 TOL = 1e-4
 
@@ -100,12 +100,7 @@ def test_peft_lora_runs_in_mindspore(tmp_path):
                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                   "down_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM")
     model = peft.get_peft_model(hf, lora_config)
-    with torch.no_grad():  # random non-zero B everywhere, and a changed lm_head copy
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
-            if "modules_to_save" in name:
-                param.add_(0.01 * torch.randn_like(param))
+    randomize_peft_adapter(model, saved_noise=0.01)  # random non-zero B everywhere, a changed lm_head copy
     model.save_pretrained(str(tmp_path / "peft"))
     ids = _ids(1)
     peft_logits = _hf_logits(model, ids)

@@ -18,7 +18,7 @@ from mindpet_lite.adapters import (export_peft, hf_to_mindspore, import_peft, lo
                                    read_adapter, save_adapter)
 from mindpet_lite.adapters.convert import hf_config_to_llama  # noqa: E402
 from mindpet_lite.pet import get_pet_model  # noqa: E402
-from tests.adapters.conftest import ALL_TARGETS, TINY_LLAMA, numpy_params, tiny_llama  # noqa: E402
+from tests.adapters.conftest import ALL_TARGETS, TINY_LLAMA, numpy_params, randomize_peft_adapter, tiny_llama  # noqa: E402
 
 TOL = 1e-4
 HF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -61,6 +61,22 @@ def _variant_net(use_dora, init):
     return net
 
 
+def _check_on_the_original_base(meta, adapter, original, ids, ms_logits):  # pylint: disable=too-many-arguments
+    """Another user's view: on the original base, a network built from the adapter's own pet_config
+    with the adapter loaded, and the base's weights merged with it, both give ``ms_logits``. Returns
+    the loaded network."""
+    fresh = tiny_llama(seed=0, lora=False)
+    get_pet_model(fresh, pet_config_from_metadata(meta))
+    load_adapter(fresh, adapter)
+    assert np.abs(fresh(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
+    merged = merge_weights(original, adapter)
+    plain = tiny_llama(seed=0, lora=False)
+    for name, p in plain.parameters_and_names():
+        p.set_data(Tensor(merged[name]))
+    assert np.abs(plain(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
+    return fresh
+
+
 @pytest.mark.parametrize("use_dora, init", [(True, True), (False, "pissa"), (True, "pissa_niter_4"),
                                             (False, "olora")], ids=["dora", "pissa", "dora+pissa_niter_4", "olora"])
 def test_mindspore_variant_runs_in_peft_on_the_original_base(tmp_path, use_dora, init):
@@ -89,18 +105,8 @@ def test_mindspore_variant_runs_in_peft_on_the_original_base(tmp_path, use_dora,
           f"(the adapter moves logits by {effect:.3f})")
     assert peft_diff <= TOL and effect > 100 * TOL
 
-    # another user: the original base, a network built from the adapter's own pet_config, load
-    fresh = tiny_llama(seed=0, lora=False)
-    get_pet_model(fresh, pet_config_from_metadata(meta))
-    load_adapter(fresh, adapter)
-    assert np.abs(fresh(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
-    # merging into the original base's weights, and merging the cells in place
-    merged = merge_weights(original, adapter)
-    plain = tiny_llama(seed=0, lora=False)
-    for name, p in plain.parameters_and_names():
-        p.set_data(Tensor(merged[name]))
-    assert np.abs(plain(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
-    merge_adapter(fresh)
+    fresh = _check_on_the_original_base(meta, adapter, original, ids, ms_logits)
+    merge_adapter(fresh)  # and merging the cells in place
     assert np.abs(fresh(Tensor(ids)).asnumpy() - ms_logits).max() <= 1e-5
 
 
@@ -114,12 +120,7 @@ def _peft_dora_dir(tmp_path):
     config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=HF_TARGETS,
                              task_type="CAUSAL_LM")
     model = peft.get_peft_model(hf, config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
-            if "lora_magnitude_vector" in name:
-                param.mul_(1.0 + 0.2 * torch.rand_like(param))
+    randomize_peft_adapter(model, magnitude_spread=0.2)
     model.save_pretrained(str(tmp_path / "peft"))
     return hf_config, model
 
@@ -198,12 +199,4 @@ def test_dora_with_rank_and_alpha_patterns_in_one_piece(tmp_path):
     print(f"\nDoRA + rank/alpha patterns -> PEFT: logits diff {peft_diff:.2e}")
     assert peft_diff <= TOL
 
-    fresh = tiny_llama(seed=0, lora=False)
-    get_pet_model(fresh, pet_config_from_metadata(meta))
-    load_adapter(fresh, adapter)
-    assert np.abs(fresh(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
-    merged = merge_weights(original, adapter)
-    plain = tiny_llama(seed=0, lora=False)
-    for name, p in plain.parameters_and_names():
-        p.set_data(Tensor(merged[name]))
-    assert np.abs(plain(Tensor(ids)).asnumpy() - ms_logits).max() <= TOL
+    _check_on_the_original_base(meta, adapter, original, ids, ms_logits)

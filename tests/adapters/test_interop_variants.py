@@ -19,7 +19,7 @@ from mindpet_lite.adapters import (export_peft, hf_to_mindspore, import_peft, lo
 from mindpet_lite.adapters.convert import hf_config_to_llama  # noqa: E402
 from mindpet_lite.graph.freeze import lora_cells  # noqa: E402
 from mindpet_lite.pet import get_pet_model  # noqa: E402
-from tests.adapters.conftest import ALL_TARGETS, TINY_LLAMA, numpy_params, tiny_llama  # noqa: E402
+from tests.adapters.conftest import ALL_TARGETS, TINY_LLAMA, numpy_params, randomize_peft_adapter, tiny_llama  # noqa: E402
 
 TOL = 1e-4
 HF_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -156,12 +156,7 @@ def test_peft_made_variant_runs_in_mindpet(tmp_path, kind):
     lora_config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM",
                                   **PEFTS[kind])
     model = peft.get_peft_model(hf, lora_config)
-    with torch.no_grad():  # random non-zero B everywhere, and changed modules_to_save copies
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
-            if "modules_to_save" in name:
-                param.add_(0.05 * torch.randn_like(param))
+    randomize_peft_adapter(model, saved_noise=0.05)  # random non-zero B, changed modules_to_save copies
     model.save_pretrained(str(tmp_path / "peft"))
     ids = token_ids(1)
     peft_logits = torch_logits(model, ids)
