@@ -438,3 +438,68 @@ def test_strategies_refuse_bad_input(bad):
     with pytest.raises(ValueError):
         tensor_parallel_strategies(**args)
 
+
+
+def test_rank_and_alpha_patterns_on_an_mcore_model(mf):
+    net = tiny_qwen3(mf)
+    get_pet_model(net, {**PET, "rank_pattern": {".*linear_fc2": 2}, "alpha_pattern": {".*linear_qkv": 2}})
+    cells = dict(net.cells_and_names())
+    count = 0
+    for path in expected_paths("qwen3"):
+        cell = cells[path]
+        rank = 2 if path.endswith("linear_fc2") else 4
+        alpha = 2 if path.endswith("linear_qkv") else 8
+        assert (cell.lora_rank, cell.scaling) == (rank, alpha / rank)
+        count += rank * (cell.in_channels + cell.out_channels)
+    assert net.pet_summary["trainable"] == count
+
+
+def test_mixed_rows_on_a_row_layer(mf):
+    """Each batch row its own adapter (the cell allows it; MindFormers' models do not pass `rows`)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cell = randomize(LoRARowParallelLinear.from_layer(row(mf, skip_bias_add=False), R, ALPHA), 40)
+    a2, b2 = x_of((2, MID), 41, 0.4), x_of((OUT, 2), 42, 0.4)
+    cell.add_adapter("second", 2, 4.0, lora_a_init=Tensor(a2), lora_b_init=Tensor(b2))
+    cell.set_mix_columns(["default", "second"])
+    x = x_of((3, 4, MID), seed=43)
+    rows = np.array([[1, 0], [0, 1], [0, 0]], np.float32)  # default, second, base
+    out, bias = cell(Tensor(x), Tensor(rows))
+    assert bias is None
+    w, b, a, bb = numpy_of(cell)
+    want = [lora_forward(x[0], w, b, a, bb, ALPHA / R), lora_forward(x[1], w, b, a2, b2, 2.0), x[2] @ w.T + b]
+    np.testing.assert_allclose(out.asnumpy(), np.stack(want), atol=1e-5, rtol=0)
+
+
+def test_strategies_are_set_when_the_parallel_mode_splits_operators(mf):
+    """Under semi-auto parallel (set, not compiled: CPU cannot) from_layer shards the LoRA operators
+    by the layer's config; stand-alone it leaves them alone."""
+    base = column(mf)
+    plain = LoRAColumnParallelLinear.from_layer(base, R, ALPHA)
+    assert getattr(plain.lora_b_matmul, "in_strategy", None) is None
+    ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel")
+    try:
+        sharded = LoRAColumnParallelLinear.from_layer(base, R, ALPHA)
+    finally:
+        ms.reset_auto_parallel_context()
+    plan = sharded.tensor_parallel_plan()
+    assert sharded.lora_b_matmul.in_strategy == plan["strategy_lora_b_matmul"]
+    assert sharded.lora_a_matmul.in_strategy == plan["strategy_lora_a_matmul"]
+    assert sharded.matmul.in_strategy == plan["strategy_org_dense_matmul"]
+
+
+def test_a_few_training_steps_on_the_pair_lower_the_loss(mf):
+    """What the model's forward cannot show on CPU: LoRA trains through the mcore cells (base frozen)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = Pair(LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA),
+               LoRARowParallelLinear.from_layer(row(mf), R, ALPHA))
+    for p in net.get_parameters():
+        p.requires_grad = "mindpet_delta_lora_" in p.name
+    x, y = Tensor(x_of((16, IN), seed=50)), Tensor(x_of((16, OUT), seed=51))
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()),
+                               nn.SGD([p for p in net.get_parameters() if p.requires_grad], learning_rate=0.05))
+    base = {p.name: p.asnumpy().copy() for p in net.get_parameters() if not p.requires_grad}
+    losses = [float(step(x, y).asnumpy()) for _ in range(8)]
+    assert losses[-1] < losses[0] * 0.9
+    for p in net.get_parameters():
+        if not p.requires_grad:
+            np.testing.assert_array_equal(p.asnumpy(), base[p.name])
