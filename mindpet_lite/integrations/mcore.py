@@ -19,7 +19,11 @@ Tensor parallelism (Megatron-style LoRA), as `shard()` strategies from the layer
 
 The strategies are applied when the parallel mode splits operators (semi-auto / auto), as the
 MindFormers layers apply theirs; tp > 1 on CPU is refused, because MindSpore 2.9 cannot compile a
-semi-auto graph there (see `CPU_PARALLEL_ERROR`).
+semi-auto graph there (see `CPU_PARALLEL_ERROR`). The cells compute with plain MatMul / BiasAdd
+operators on the logical shapes (the MindFormers layers use a self-sharded Morph): where a
+neighbour expects another layout (sequence_parallel's sequence-split row output) the parallel
+compiler redistributes, an all-reduce and a slice where the Morph would reduce-scatter. Not run on
+Ascend here: the split is proven by simulating the ranks in numpy (tests/integrations/test_mcore.py).
 """
 import logging
 import sys
@@ -267,10 +271,6 @@ def _check_layout(layer, kind, tp, transpose_b, skip_alloc, use_dora):
         raise ValueError(f"tensor_model_parallel_size={tp}: the tensor-parallel LoRA split runs through semi-auto "
                          f"parallel, which MindSpore 2.9 does not compile on CPU (it raises RuntimeError: "
                          f"{CPU_PARALLEL_ERROR!r}); use tp=1 on CPU, tp > 1 on Ascend")
-    if tp > 1 and kind == ROW and getattr(layer, "sequence_parallel", False):
-        raise ValueError("a RowParallelLinear with sequence_parallel=True and tp > 1 reduce-scatters its output "
-                         "along the sequence; mindpet_lite's LoRA split does not express that layout: set "
-                         "sequence_parallel: False for LoRA runs")
     weight = getattr(layer, "weight", None)
     if weight is None and not skip_alloc:
         raise ValueError(f"the {kind}-parallel layer has no weight Parameter")
