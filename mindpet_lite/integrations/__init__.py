@@ -18,6 +18,7 @@ _EXPORTS = {
     "LoRAColumnParallelLinear": "mcore",
     "LoRARowParallelLinear": "mcore",
     "tensor_parallel_strategies": "mcore",
+    "parallel_layout": "mcore",
 }
 
 __all__ = sorted(_EXPORTS)

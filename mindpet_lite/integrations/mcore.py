@@ -30,11 +30,10 @@ import sys
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.graph_mode import operators_sharded
-from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE, LoRADense
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,8 @@ COLUMN, ROW, REPLICATED = "column", "row", "replicated"
 CPU_PARALLEL_ERROR = ("Invalid communication backend: CPU for semi_auto_parallel/auto_parallel mode, currently "
                       "only support Ascend/GPU backend.")
 
-__all__ = ["is_parallel_linear", "parallel_kind", "tensor_parallel_strategies", "LoRAParallelLinear",
+__all__ = ["is_parallel_linear", "parallel_kind", "tensor_parallel_strategies", "lora_split_axes", "parallel_layout",
+           "LoRAParallelLinear",
            "LoRAColumnParallelLinear", "LoRARowParallelLinear", "CPU_PARALLEL_ERROR"]
 
 
@@ -97,9 +97,8 @@ def tensor_parallel_strategies(kind, tp, dp=1, cp=1, transpose_b=True, has_bias=
     for key, value in (("tp", tp), ("dp", dp), ("cp", cp)):
         _checks.check_positive_int(key, value)
     rows = dp * cp
-    split_out, split_in = (tp, 1) if kind == COLUMN else (1, tp) if kind == ROW else (1, 1)
-    out_split = split_out  # how the output features are split
-    in_split = split_in  # how the input features are split (x and W's input axis)
+    # how the output features and the input features (x's and W's input axis) are split over tp
+    out_split, in_split = (tp, 1) if kind == COLUMN else (1, tp) if kind == ROW else (1, 1)
     weight = (out_split, in_split) if transpose_b else (in_split, out_split)
     plan = {
         "strategy_org_dense_matmul": ((rows, in_split), weight),
@@ -113,6 +112,26 @@ def tensor_parallel_strategies(kind, tp, dp=1, cp=1, transpose_b=True, has_bias=
     if dropout:
         plan["strategy_lora_dropout"] = ((rows, in_split),)
     return plan
+
+
+def lora_split_axes(cell):
+    """{parameter leaf name: the axis its tensor-parallel shards split, or None (replicated)} of a
+    LoRA cell: what one rank's save holds of A, B (and DoRA's magnitude). Column: B and m by
+    output rows (axis 0); row: A by input columns (axis 1); tp=1 or LinearNoTP: nothing split."""
+    split = cell.tensor_parallel_size > 1
+    axes = {LORA_A: 1 if split and cell.parallel_kind == ROW else None,
+            LORA_B: 0 if split and cell.parallel_kind == COLUMN else None}
+    if cell.use_dora:
+        axes[LORA_MAGNITUDE] = axes[LORA_B]
+    return axes
+
+
+def parallel_layout(net):
+    """{layer path: {'kind', 'tensor_parallel_size', 'split_axes'}} of every mcore LoRA cell of `net`
+    (for gathering per-rank adapter saves)."""
+    return {path: {"kind": cell.parallel_kind, "tensor_parallel_size": cell.tensor_parallel_size,
+                   "split_axes": lora_split_axes(cell)}
+            for path, cell in net.cells_and_names() if isinstance(cell, LoRAParallelLinear)}
 
 
 class LoRAParallelLinear(LoRADense):
@@ -191,6 +210,8 @@ class LoRAParallelLinear(LoRADense):
             cell.init_dora_magnitude()
         if operators_sharded():
             cell.shard_tensor_parallel()
+            logger.info("%s-parallel LoRA (%d -> %d, tp=%d): shard strategies set", kind, cell.in_channels,
+                        cell.out_channels, tp)
         return cell
 
     def tensor_parallel_plan(self):

@@ -58,6 +58,15 @@ def mf():
         before.use_legacy = old_legacy
 
 
+@pytest.fixture(autouse=True)
+def graph_mode():
+    """Graph mode for these tests (compiled once per cell), the mode before put back after."""
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=before)
+
+
 FLOAT32 = dict(compute_dtype="float32", params_dtype="float32", layernorm_compute_dtype="float32",
                softmax_compute_dtype="float32", rotary_dtype="float32", hidden_dropout=0.0)
 
@@ -172,7 +181,6 @@ def test_qwen3_forward_on_cpu_stops_at_the_rmsnorm_kernel(mf, models):
     """The mcore models' forward does not run on CPU in MindSpore 2.9: the first operator without a
     CPU kernel is RmsNorm (mindformers FusedRMSNorm, the input layernorm). So the layers are proven
     alone below."""
-    ms.set_context(mode=ms.GRAPH_MODE)
     ids = Tensor(np.random.default_rng(0).integers(0, 64, (1, 17)).astype(np.int32))
     with pytest.raises(RuntimeError, match=r"Unsupported op \[RmsNorm\] on CPU"):
         models["qwen3"].net(ids[:, :16], labels=ids[:, 1:])
@@ -248,8 +256,7 @@ def pair(mf):
     return Pair(col, rw)
 
 
-def test_pair_forward_and_gradients_match_numpy(pair):
-    ms.set_context(mode=ms.GRAPH_MODE)
+def test_pair_forward_and_gradients_match_numpy(pair, mode):  # pylint: disable=unused-argument
     x = x_of((5, 2, IN), seed=4)
     g = x_of((5, 2, OUT), seed=5)
     s = ALPHA / R
@@ -270,7 +277,6 @@ def test_pair_forward_and_gradients_match_numpy(pair):
 
 
 def test_pair_merged_equals_unmerged(pair):
-    ms.set_context(mode=ms.GRAPH_MODE)
     x = Tensor(x_of((4, 2, IN), seed=6))
     w1 = pair.col.weight.asnumpy().copy()
     unmerged = pair(x).asnumpy()
@@ -288,7 +294,6 @@ def test_pair_merged_equals_unmerged(pair):
 
 def test_weight_stored_in_out_and_rslora_named_adapter(mf):
     """transpose_b=False (W [in, out]): forward, merge in that layout; rsLoRA; a second named adapter."""
-    ms.set_context(mode=ms.GRAPH_MODE)
     base = column(mf, transpose_b=False)
     cell = randomize(LoRAColumnParallelLinear.from_layer(base, R, ALPHA, use_rslora=True), 7)
     assert tuple(cell.weight.shape) == (IN, MID) and cell.weight is base.weight
@@ -311,7 +316,6 @@ def test_weight_stored_in_out_and_rslora_named_adapter(mf):
 
 
 def test_dora_on_a_column_layer_and_its_refusals(mf):
-    ms.set_context(mode=ms.GRAPH_MODE)
     cell = randomize(LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA, use_dora=True), 11)
     cell.init_dora_magnitude()
     m = cell.mindpet_delta_lora_magnitude.asnumpy() * 1.1
@@ -324,7 +328,6 @@ def test_dora_on_a_column_layer_and_its_refusals(mf):
 
 
 def test_tied_weight_is_taken_from_the_call_and_not_merged(mf):
-    ms.set_context(mode=ms.GRAPH_MODE)
     base = column(mf, bias=False, skip_weight_param_allocation=True)
     cell = randomize(LoRAColumnParallelLinear.from_layer(base, R, ALPHA), 13)
     assert cell.weight is None and "weight" not in [p.name for p in cell.get_parameters()]
@@ -360,7 +363,6 @@ def test_mindformers_lora_layers_name_their_factors_lora_A_lora_B(mf):
 
 
 def test_same_outputs_as_mindformers_lora_layers_and_checkpoints_both_ways(mf, tmp_path):
-    ms.set_context(mode=ms.GRAPH_MODE)
     theirs = _their_pair(mf)
     ours = Pair(LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA),
                 LoRARowParallelLinear.from_layer(row(mf), R, ALPHA))
@@ -456,7 +458,6 @@ def test_rank_and_alpha_patterns_on_an_mcore_model(mf):
 
 def test_mixed_rows_on_a_row_layer(mf):
     """Each batch row its own adapter (the cell allows it; MindFormers' models do not pass `rows`)."""
-    ms.set_context(mode=ms.GRAPH_MODE)
     cell = randomize(LoRARowParallelLinear.from_layer(row(mf, skip_bias_add=False), R, ALPHA), 40)
     a2, b2 = x_of((2, MID), 41, 0.4), x_of((OUT, 2), 42, 0.4)
     cell.add_adapter("second", 2, 4.0, lora_a_init=Tensor(a2), lora_b_init=Tensor(b2))
@@ -489,7 +490,6 @@ def test_strategies_are_set_when_the_parallel_mode_splits_operators(mf):
 
 def test_a_few_training_steps_on_the_pair_lower_the_loss(mf):
     """What the model's forward cannot show on CPU: LoRA trains through the mcore cells (base frozen)."""
-    ms.set_context(mode=ms.GRAPH_MODE)
     net = Pair(LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA),
                LoRARowParallelLinear.from_layer(row(mf), R, ALPHA))
     for p in net.get_parameters():
@@ -503,3 +503,29 @@ def test_a_few_training_steps_on_the_pair_lower_the_loss(mf):
     for p in net.get_parameters():
         if not p.requires_grad:
             np.testing.assert_array_equal(p.asnumpy(), base[p.name])
+
+
+def test_mindformers_own_lora_layers_are_not_wrapped_again(mf):
+    net = _their_pair(mf)
+    before = _snapshot(net)
+    with pytest.raises(TypeError, match="ColumnParallelLinearWithLoRA"):
+        get_pet_model(net, {**PET, "target_modules": "col|row"})
+    assert _snapshot(net) == before
+
+
+def test_linear_no_tp_and_the_split_axes_of_each_kind(mf):
+    no_tp = mf.layers.LinearNoTP(IN, MID, layer_config(mf), init_method=mf.init(0.5), bias=False)
+    cell = LoRAColumnParallelLinear.from_layer(no_tp, R, ALPHA)
+    assert cell.parallel_kind == "replicated"
+    cell.tensor_parallel_size = 2  # as a tp=2 config would give (not buildable on CPU)
+    plan = cell.tensor_parallel_plan()
+    assert plan["strategy_org_dense_matmul"] == ((1, 1), (1, 1)) and plan["strategy_lora_b_matmul"][1] == (1, 1)
+    assert mcore.lora_split_axes(cell) == {"mindpet_delta_lora_a": None, "mindpet_delta_lora_b": None}
+    col = LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA, use_dora=True)
+    rw = LoRARowParallelLinear.from_layer(row(mf), R, ALPHA)
+    col.tensor_parallel_size = rw.tensor_parallel_size = 2
+    assert mcore.lora_split_axes(col) == {"mindpet_delta_lora_a": None, "mindpet_delta_lora_b": 0,
+                                          "mindpet_delta_lora_magnitude": 0}
+    assert mcore.lora_split_axes(rw) == {"mindpet_delta_lora_a": 1, "mindpet_delta_lora_b": None}
+    layout = mcore.parallel_layout(Pair(col, rw))
+    assert layout["col"]["kind"] == "column" and layout["row"]["split_axes"]["mindpet_delta_lora_a"] == 1
