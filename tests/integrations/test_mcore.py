@@ -40,8 +40,8 @@ def mf():
     from mindformers.parallel_core.training_graph.tensor_parallel import layers, lora_layers
     from mindformers.parallel_core.transformer_config import TransformerConfig
     from mindformers.parallel_core.utils.init_method import init_method_normal
+    from mindformers.pet import get_pet_model as mf_get_pet_model
     from mindformers.pet.tuners import lora_adapter
-    from mindformers.pet.pet_config import LoraConfig as MFLoraConfig
     before = MFContextOperator.get_mf_ctx_instance()
     old_legacy = getattr(before, "use_legacy", None) if before is not None else None
     if before is None:
@@ -51,7 +51,7 @@ def mf():
     yield types.SimpleNamespace(Qwen3Config=Qwen3Config, Qwen3=TrainingQwen3ForCausalLM, GPTModel=GPTModel,
                                 gpt_spec=get_gpt_layer_local_spec, layers=layers, lora_layers=lora_layers,
                                 TransformerConfig=TransformerConfig, init=init_method_normal,
-                                lora_adapter=lora_adapter, MFLoraConfig=MFLoraConfig)
+                                lora_adapter=lora_adapter, get_pet_model=mf_get_pet_model)
     if before is None:
         MFContextOperator.reset_instance()
     else:
@@ -385,22 +385,27 @@ def test_same_outputs_as_mindformers_lora_layers_and_checkpoints_both_ways(mf, t
     np.testing.assert_allclose(theirs(x).asnumpy(), ours(x).asnumpy(), atol=1e-5, rtol=0)
 
 
-def test_use_mindpet_lite_makes_mindformers_lora_adapter_build_our_mcore_cells(mf):
+def test_use_mindpet_lite_makes_mindformers_get_pet_model_build_our_mcore_cells(mf):
+    """MindFormers' own path (mindformers.pet.get_pet_model -> PetModel -> LoraAdapter, then its mcore
+    freeze by freeze_include / freeze_exclude, which it requires): our cells, only A and B trainable."""
     net = tiny_qwen3(mf)
-    config = mf.MFLoraConfig(lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS)
-    original = (mf.lora_adapter.ColumnParallelLinearWithLoRA, mf.lora_adapter.RowParallelLinearWithLoRA)
+    original = (mf.lora_adapter.ColumnParallelLinearWithLoRA, mf.lora_adapter.RowParallelLinearWithLoRA,
+                mf.lora_adapter.LoRADense)
     with use_mindpet_lite():
         assert mf.lora_adapter.ColumnParallelLinearWithLoRA is mcore.column_lora_from_args
-        mf.lora_adapter.LoraAdapter.get_pet_model(net, config)
-    assert (mf.lora_adapter.ColumnParallelLinearWithLoRA, mf.lora_adapter.RowParallelLinearWithLoRA) == original
-    cells = dict(net.cells_and_names())
-    replaced = sorted(path for path, cell in cells.items() if isinstance(cell, LoRADense))
+        pet = mf.get_pet_model(net, {**PET, "freeze_include": ["*"], "freeze_exclude": ["*lora*"]})
+    assert (mf.lora_adapter.ColumnParallelLinearWithLoRA, mf.lora_adapter.RowParallelLinearWithLoRA,
+            mf.lora_adapter.LoRADense) == original
+    cells = dict(pet.cells_and_names())
+    # PetModel and LoraModel wrap the model: network.network.model.decoder...
+    replaced = sorted(path[path.index("model.decoder"):] for path, cell in cells.items() if isinstance(cell, LoRADense))
     assert replaced == sorted(expected_paths("qwen3"))
-    fc2 = cells["model.decoder.layers.0.mlp.linear_fc2"]
+    fc2 = [cell for path, cell in cells.items() if path.endswith("layers.0.mlp.linear_fc2")][0]
     assert isinstance(fc2, LoRARowParallelLinear) and fc2.lora_rank == 4 and fc2.scaling == 2.0
-    names = {p.name for p in net.get_parameters()}
-    assert "model.decoder.layers.0.mlp.linear_fc2.mindpet_delta_lora_a" in names or \
-        "decoder.layers.0.mlp.linear_fc2.mindpet_delta_lora_a" in names
+    trainable = sorted(p.name for p in pet.get_parameters() if p.requires_grad)
+    assert len(trainable) == 2 * len(replaced) and all(n.endswith(("mindpet_delta_lora_a", "mindpet_delta_lora_b"))
+                                                       for n in trainable)
+    assert "decoder.layers.0.mlp.linear_fc2.mindpet_delta_lora_a" in trainable
 
 
 # ---- tensor parallel, simulated ----------------------------------------------------------------------
