@@ -2,8 +2,9 @@
 
 `mindpet_lite.integrations.mindformers` (MindFormers' Linear, its pet pipeline, its models) and
 `mindpet_lite.integrations.mcore` (its mcore ColumnParallelLinear / RowParallelLinear) are the only
-modules of the toolkit that touch mindformers (importing it inside functions). Its public names are re-exported here lazily: `from
-mindpet_lite.integrations import use_mindpet_lite` loads that module, never mindformers itself.
+modules of the toolkit that touch mindformers (importing it inside functions). Their public names are
+re-exported here lazily: `from mindpet_lite.integrations import use_mindpet_lite` loads that module,
+never mindformers itself.
 """
 import importlib
 

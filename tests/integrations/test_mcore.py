@@ -534,3 +534,18 @@ def test_linear_no_tp_and_the_split_axes_of_each_kind(mf):
     assert mcore.lora_split_axes(rw) == {"mindpet_delta_lora_a": 1, "mindpet_delta_lora_b": None}
     layout = mcore.parallel_layout(Pair(col, rw))
     assert layout["col"]["kind"] == "column" and layout["row"]["split_axes"]["mindpet_delta_lora_a"] == 1
+
+
+def test_pissa_start_and_dora_on_an_mcore_model(mf):
+    """init_lora_weights: pissa keeps W = W_res + s·B0·A0 on every target; use_dora adds magnitudes."""
+    net = tiny_gpt(mf)
+    originals = {path: cell.weight.asnumpy().copy() for path, cell in net.cells_and_names()
+                 if mcore.is_parallel_linear(cell) and path.split(".")[-1] in KINDS}
+    get_pet_model(net, {**PET, "init_lora_weights": "pissa", "use_dora": True})
+    cells = dict(net.cells_and_names())
+    for path, w in originals.items():
+        cell = cells[path]
+        w_res, a, bb = cell.weight.asnumpy(), cell.mindpet_delta_lora_a.asnumpy(), cell.mindpet_delta_lora_b.asnumpy()
+        np.testing.assert_allclose(merged_weight(w_res, a, bb, cell.scaling), w, atol=1e-5)
+        assert cell.use_dora and cell.mindpet_delta_lora_magnitude.shape == (cell.out_channels,)
+        np.testing.assert_allclose(cell.mindpet_delta_lora_magnitude.asnumpy(), np.linalg.norm(w, axis=1), rtol=1e-5)
