@@ -52,6 +52,47 @@ def merged_weight(w, a, bmat, scaling, layout="out_in"):
     return w.astype(np.float64) + (delta if layout == "out_in" else delta.T)
 
 
+def shard_block(array, split, rank):
+    """The block of ``array`` that tensor-parallel rank ``rank`` holds: each axis is cut into
+    ``split[axis]`` equal parts, and a split axis gives the rank its ``rank``-th part (one split
+    axis per operand here, so the rank indexes it directly)."""
+    index = []
+    for size, parts in zip(array.shape, split):
+        step = size // parts
+        part = rank % parts
+        index.append(slice(part * step, (part + 1) * step))
+    return array[tuple(index)]
+
+
+def tp_lora_forward(x, w, b, a, bmat, scaling, plan, tp, transpose_b=True):
+    """The LoRA layer computed as ``tp`` ranks would, each on its blocks of x, W, A, B, b given by
+    the shard strategies ``plan`` (LoRADense.shard's keyword names), then combined as the
+    collectives do: a product whose contracted axis is split is summed over the ranks (AllReduce),
+    an output whose feature axis is split is concatenated (AllGather). x is [N, in]; W is
+    [out, in] (``transpose_b``) or [in, out]."""
+    x = x.astype(np.float64)
+    xs, ws = plan["strategy_org_dense_matmul"]
+    a_xs, a_s = plan["strategy_lora_a_matmul"]
+    h_s, b_s = plan["strategy_lora_b_matmul"]
+    base, narrow = [], []
+    for rank in range(tp):
+        w_r = shard_block(w.astype(np.float64), ws, rank)
+        w_r = w_r.T if transpose_b else w_r  # [in part, out part]
+        base.append(shard_block(x, xs, rank) @ w_r)
+        narrow.append(shard_block(x, a_xs, rank) @ shard_block(a.astype(np.float64), a_s, rank).T)
+    out_split = ws[0] if transpose_b else ws[1]
+    base_out = sum(base) if xs[1] > 1 else np.concatenate(base, axis=1) if out_split > 1 else base[0]
+    h = sum(narrow) if a_xs[1] > 1 else narrow[0]  # x·Aᵀ reduced once over the ranks
+    h = scaling * h
+    lora_parts = [shard_block(h, h_s, rank) @ shard_block(bmat.astype(np.float64), b_s, rank).T for rank in range(tp)]
+    lora_out = np.concatenate(lora_parts, axis=1) if b_s[0] > 1 else lora_parts[0]
+    out = base_out + lora_out
+    if b is not None:
+        bias_split = plan.get("strategy_org_bias_add", ((1, 1), (1,)))[1]
+        out = out + np.concatenate([shard_block(b.astype(np.float64), bias_split, r) for r in range(bias_split[0])])
+    return out
+
+
 def dora_forward(x, w, b, a, bmat, m, scaling, activation=None):
     """DoRA: activation(m / ‖W + s·B·A‖_row ⊙ x·(W + s·B·A)ᵀ + b), float64."""
     v = w.astype(np.float64) + scaling * (bmat.astype(np.float64) @ a.astype(np.float64))

@@ -183,6 +183,11 @@ class LoRADense(NamedAdapters, nn.Dense):
         return cell
 
     def construct(self, x, rows=None):
+        return self._forward(x, self.weight, rows)
+
+    def _forward(self, x, weight, rows):
+        """The forward with the base weight given: a subclass whose weight may come from the
+        caller (MindFormers' ColumnParallelLinear with skip_weight_param_allocation) passes its own."""
         ori_dtype = x.dtype
         x_shape = self.shape_op(x)
         if len(x_shape) < 2:
@@ -191,7 +196,7 @@ class LoRADense(NamedAdapters, nn.Dense):
             x = self.cast(x, self.dtype)
         if len(x_shape) != 2:
             x = self.reshape(x, (-1, x_shape[-1]))
-        weight = self._as_compute(self.weight)
+        weight = self._as_compute(weight)
         if self.merged and rows is not None:
             raise ValueError("a merged LoRADense cannot run a mixed batch: unmerge() it first")
         if self.merged or (self.active_adapter is None and rows is None):

@@ -1,8 +1,10 @@
 """Optional integrations with other frameworks, loaded on first use.
 
-`mindpet_lite.integrations.mindformers` is the only module of the toolkit that imports mindformers
-(inside its functions). Its public names are re-exported here lazily: `from
-mindpet_lite.integrations import use_mindpet_lite` loads that module, never mindformers itself.
+`mindpet_lite.integrations.mindformers` (MindFormers' Linear, its pet pipeline, its models) and
+`mindpet_lite.integrations.mcore` (its mcore ColumnParallelLinear / RowParallelLinear) are the only
+modules of the toolkit that touch mindformers (importing it inside functions). Their public names are
+re-exported here lazily: `from mindpet_lite.integrations import use_mindpet_lite` loads that module,
+never mindformers itself.
 """
 import importlib
 
@@ -12,6 +14,12 @@ _EXPORTS = {
     "LoRALinear": "mindformers",
     "use_mindpet_lite": "mindformers",
     "build_model": "mindformers",
+    "is_parallel_linear": "mcore",
+    "LoRAParallelLinear": "mcore",
+    "LoRAColumnParallelLinear": "mcore",
+    "LoRARowParallelLinear": "mcore",
+    "tensor_parallel_strategies": "mcore",
+    "parallel_layout": "mcore",
 }
 
 __all__ = sorted(_EXPORTS)

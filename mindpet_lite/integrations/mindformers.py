@@ -9,7 +9,8 @@ so `is_linear` looks the class up in `sys.modules`.
 - `LoRALinear`: a `LoRADense` over a MindFormers Linear's own weight, in either layout
   (`transpose_b=True`: weight [out, in]; `False`: [in, out]). A is [r, in], B is [out, r] in both.
 - `use_mindpet_lite()`: makes `mindformers.pet.LoraModel` / `LoraAdapter` build `LoRALinear` cells
-  instead of MindPet's `LoRADense`. Reversible: use it as a context manager, or call `.undo()`.
+  instead of MindPet's `LoRADense`, and `integrations.mcore` cells instead of MindFormers' own
+  mcore LoRA layers. Reversible: use it as a context manager, or call `.undo()`.
 """
 import importlib
 import importlib.util
@@ -21,6 +22,7 @@ from mindspore import nn
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.integrations.mcore import MINDFORMERS_LORA_BUILDERS
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +158,17 @@ class _Patch:
 
     def __init__(self, module, previous):
         self._module = module
-        self._previous = previous
+        self._previous = previous  # {module-global name: what it was bound to}
         self.active = True
 
     def undo(self):
-        """Put back the class that was there before (MindPet's LoRADense). Idempotent."""
+        """Put back the classes that were there before (MindPet's LoRADense, MindFormers' mcore LoRA
+        layers). Idempotent."""
         if self.active:
-            self._module.LoRADense = self._previous
+            for name, value in self._previous.items():
+                setattr(self._module, name, value)
+                logger.info("%s.%s restored to %s.%s", _ADAPTER_MODULE, name, value.__module__, value.__name__)
             self.active = False
-            logger.info("%s.LoRADense restored to %s.%s", _ADAPTER_MODULE,
-                        self._previous.__module__, self._previous.__name__)
 
     def __enter__(self):
         return self
@@ -180,11 +183,14 @@ def use_mindpet_lite():
 
     MindFormers 1.9 creates its LoRA cells in one place:
     `mindformers.pet.tuners.lora_adapter.recursive_replace_dense_cell` (called by
-    `LoraAdapter.get_pet_model`, which `mindformers.pet.LoraModel` and `get_pet_model` use) calls the
-    module-global name `LoRADense` (imported from `mindpet.delta.lora`) and then assigns the replaced
-    layer's `matmul`, `weight`, `bias` and `bias_add` to it. This rebinds that one name to
-    `LoRALinear`, which takes the same arguments and, as it uses the assigned MatMul, handles both
-    Linear layouts. Nothing else in MindFormers or MindPet is touched.
+    `LoraAdapter.get_pet_model`, which `mindformers.pet.LoraModel` and `get_pet_model` use). For a
+    Linear / Dense it calls the module-global name `LoRADense` (imported from `mindpet.delta.lora`)
+    and then assigns the replaced layer's `matmul`, `weight`, `bias` and `bias_add` to it; for the
+    mcore layers it calls the names `ColumnParallelLinearWithLoRA` / `RowParallelLinearWithLoRA`
+    with the layer's arguments. This rebinds those names: `LoRADense` to `LoRALinear` (same
+    arguments; it uses the assigned MatMul, so both Linear layouts work), the mcore ones to builders
+    of `integrations.mcore` cells (a fresh layer from the same arguments, as MindFormers' classes
+    build one). Nothing else in MindFormers or MindPet is touched.
 
     Returns a handle: `with use_mindpet_lite(): ...` restores on exit; or call `handle.undo()`.
     Imports mindformers (and so MindPet).
@@ -193,10 +199,13 @@ def use_mindpet_lite():
     if not hasattr(module, "LoRADense"):
         raise RuntimeError(f"{_ADAPTER_MODULE} has no name 'LoRADense': this MindFormers version "
                            "creates its LoRA cells elsewhere; use mindpet_lite.pet.get_pet_model instead")
-    previous = module.LoRADense
-    module.LoRADense = LoRALinear
-    logger.info("%s.LoRADense -> mindpet_lite LoRALinear (was %s.%s)", _ADAPTER_MODULE,
-                previous.__module__, previous.__name__)
+    replacements = {"LoRADense": LoRALinear}
+    replacements.update({name: builder for name, builder in MINDFORMERS_LORA_BUILDERS.items() if hasattr(module, name)})
+    previous = {name: getattr(module, name) for name in replacements}
+    for name, value in replacements.items():
+        setattr(module, name, value)
+        logger.info("%s.%s -> mindpet_lite %s (was %s.%s)", _ADAPTER_MODULE, name, value.__name__,
+                    previous[name].__module__, previous[name].__name__)
     return _Patch(module, previous)
 
 

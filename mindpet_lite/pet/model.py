@@ -31,6 +31,7 @@ from mindpet_lite import _checks
 from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LoRADense
 from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
+from mindpet_lite.integrations import mcore as _mcore
 from mindpet_lite.integrations import mindformers as _mf
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import load_pet_config
@@ -46,7 +47,8 @@ def get_pet_model(network, pet_config):
 
     Args:
         network (nn.Cell): the model; its targeted layers must be `nn.Dense` or (when mindformers
-            is loaded) `mindformers.modules.layers.Linear`.
+            is loaded) `mindformers.modules.layers.Linear` or the mcore `ColumnParallelLinear` /
+            `RowParallelLinear` / `LinearNoTP` (`integrations.mcore`).
         pet_config: a `LoraConfig`, a dict of pet_config keys, or a YAML path (the block alone, a
             `pet_config:` mapping, or a whole run YAML).
 
@@ -202,7 +204,7 @@ def _check_shared(network, targets):
 
 
 def _is_dense_like(cell):
-    return isinstance(cell, nn.Dense) or _mf.is_linear(cell)
+    return isinstance(cell, nn.Dense) or _mf.is_linear(cell) or _mcore.is_parallel_linear(cell)
 
 
 def _no_match_message(network, config):
@@ -211,7 +213,8 @@ def _no_match_message(network, config):
         shown = ", ".join(dense[:_LISTED_PATHS]) + (", ..." if len(dense) > _LISTED_PATHS else "")
         listing = f"dense layers in the network ({len(dense)}): {shown}"
     else:
-        listing = "the network has no nn.Dense or mindformers Linear layer"
+        listing = ("the network has no nn.Dense, mindformers Linear or mcore ColumnParallelLinear / "
+                   "RowParallelLinear layer")
     excl = f" (exclude_layers={config.exclude_layers!r})" if config.exclude_layers else ""
     return (f"target_modules {config.target_modules!r} matched no layer{excl}: a target re.match-es "
             f"a cell's attribute name or re.fullmatch-es its dotted path; {listing}")
@@ -250,9 +253,19 @@ def _build(cell, path, config):
         elif _mf.is_linear(cell):
             new = _mf.LoRALinear.from_linear(cell, param_init_type=config.param_init_type,
                                              compute_dtype=config.compute_dtype, **lora)
+        elif _mcore.is_parallel_linear(cell):
+            if config.weight_init is not None and (getattr(cell, "skip_weight_param_allocation", False)
+                                                   or not cell.transpose_b):
+                raise ValueError(f"init_lora_weights={config.init_lora_weights!r} changes the base weight in its "
+                                 f"[out, in] layout; {path} has no weight of its own (skip_weight_param_allocation) "
+                                 "or stores it [in, out] (transpose_b=False)")
+            new = _mcore.lora_class_for(cell).from_layer(
+                cell, param_init_type=config.param_init_type, compute_dtype=config.compute_dtype or flag,
+                use_dora=config.use_dora, **lora)
         else:
             raise TypeError(f"target_modules selects {path}, a {type(cell).__module__}.{kind}: only "
-                            "mindspore.nn.Dense and mindformers.modules.layers.Linear layers can take "
+                            "mindspore.nn.Dense, mindformers.modules.layers.Linear and the mcore "
+                            "ColumnParallelLinear / RowParallelLinear / LinearNoTP layers can take "
                             "LoRA; narrow target_modules (or add exclude_layers)")
     except (TypeError, ValueError) as err:
         if path in str(err):
@@ -290,7 +303,7 @@ def _lora_prefixes(network, targets):
     existing = {p.name for p in network.get_parameters()}
     prefixes = {}
     for _, _, path, cell in targets:
-        name = cell.weight.name
+        name = cell.weight.name if cell.weight is not None else ""  # None: an mcore layer fed its weight
         prefixes[path] = name[: -len(".weight")] if name.endswith(".weight") and name != ".weight" else None
     derived = [p for p in prefixes.values() if p is not None]
     lora_names = [f"{p}.{suffix}" for p in derived for suffix in (LORA_A, LORA_B)]
