@@ -24,6 +24,13 @@ PiSSA / OLoRA adapter was already saved as plain LoRA of the original base (``ad
 a PEFT adapter whose config still says pissa / olora / corda / loftq is relative to a changed base
 and is refused on import (save it with PEFT's ``path_initial_model_for_weight_conversion``).
 
+MindFormers mcore adapters (``model.decoder.layers.N.self_attention.linear_qkv``, ``mlp.linear_fc1``, ...;
+``names.py`` has the table) export to Hugging Face Qwen3 / Llama module names: a fused ``linear_qkv``
+pair becomes q_proj / k_proj / v_proj, each with the shared A and its rows of B under the model's fused
+layout (``adapters/mcore.py``: MindFormers' interleaved-per-group default or contiguous), ``linear_fc1``
+becomes gate_proj / up_proj likewise; the layout comes from the adapter's ``mcore_layout`` metadata or
+the model config given (``--model-config``: a HF config.json, a MindFormers model_config or run YAML).
+
 Import refuses what a LoRADense cannot hold: LoRA biases, embedding LoRA, ``fan_in_fan_out``, and other
 PEFT types.
 """
@@ -36,6 +43,7 @@ import numpy as np
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
+from mindpet_lite.adapters import mcore as _mcore
 from mindpet_lite.adapters import names
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.pet import variants
@@ -90,7 +98,8 @@ def _target_modules(hf_modules, lora_config):
     return "^(?:" + "|".join(re.escape(p) for p in sorted(hf_modules)) + ")$"
 
 
-def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False):
+def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False,  # pylint: disable=too-many-arguments
+                model_config=None):
     """Write a Hugging Face PEFT LoRA directory from an adapter.
 
     Args:
@@ -100,13 +109,16 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         base_model_name_or_path: recorded in the config (None: pass the base model to PeftModel yourself).
         lora_alpha, use_rslora: for adapters without metadata (MindFormers files); an adapter with
             metadata keeps its own, and a different value is an error.
+        model_config: for an mcore adapter, the model config that tells the fused layouts (a dict: HF
+            config.json, MindFormers model_config, a run YAML; see ``mcore.layout_from_config``); None:
+            the adapter's ``mcore_layout`` metadata (MindFormers' default layouts when it has none).
 
     Returns:
         The adapter_config dict written.
 
     Raises:
         ValueError: a LoRA module that is not a Llama projection, ranks that differ per module, an
-            unknown alpha; ``out_dir`` a file.
+            unknown alpha, an mcore fused layer whose rows do not fit the model config; ``out_dir`` a file.
     """
     _checks.check_str("out_dir", out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -139,29 +151,37 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         rslora = _checks.check_bool("use_rslora", use_rslora)
 
+    layout = _fused_layout(pairs, extras, meta, model_config)
     out, unknown, hf_modules, rank_pattern, alpha_pattern = {}, [], [], {}, {}
     for module, (a, b) in sorted(pairs.items()):
-        hf = _hf_module(module)
-        if hf is None:
+        parts = _hf_parts(module, b.shape[0], layout)
+        if parts is None:
             unknown.append(module)
             continue
-        hf_modules.append(hf)
-        if a.shape[0] != rank:  # per-layer values as PEFT keys: the HF module path (PEFT's suffix rule)
-            rank_pattern[hf] = int(a.shape[0])
-        if lora_config is not None and lora_config.alpha_for(module) != alpha:
-            alpha_pattern[hf] = lora_config.alpha_for(module)
-        out[f"{_PREFIX}{hf}.lora_A.weight"] = a
-        out[f"{_PREFIX}{hf}.lora_B.weight"] = b
-        if module in magnitudes:
-            out[f"{_PREFIX}{hf}.lora_magnitude_vector"] = magnitudes[module]
+        for hf, rows in parts:
+            hf_modules.append(hf)
+            if a.shape[0] != rank:  # per-layer values as PEFT keys: the HF module path (PEFT's suffix rule)
+                rank_pattern[hf] = int(a.shape[0])
+            if lora_config is not None and lora_config.alpha_for(module) != alpha:
+                alpha_pattern[hf] = lora_config.alpha_for(module)
+            out[f"{_PREFIX}{hf}.lora_A.weight"] = a
+            out[f"{_PREFIX}{hf}.lora_B.weight"] = b[rows]
+            if module in magnitudes:
+                out[f"{_PREFIX}{hf}.lora_magnitude_vector"] = magnitudes[module][rows]
     to_save = []
     for name, array in sorted(extras.items()):
-        hf = _hf_param(name)
-        if hf is None:
-            unknown.append(name)
-            continue
-        out[f"{_PREFIX}{hf}"] = array
-        to_save.append(hf.rsplit(".", 1)[0])
+        module, _, leaf = name.rpartition(".")
+        parts = _hf_parts(module, array.shape[0] if array.ndim else 0, layout) if layout is not None else None
+        if parts is None:
+            hf = _hf_param(name)
+            if hf is None:
+                unknown.append(name)
+                continue
+            parts = [(hf.rsplit(".", 1)[0], slice(None))]
+            leaf = hf.rsplit(".", 1)[1]
+        for hf_module, rows in parts:
+            out[f"{_PREFIX}{hf_module}.{leaf}"] = array[rows]
+            to_save.append(hf_module)
     if unknown:
         raise ValueError(f"{len(unknown)} adapter entries have no Hugging Face Llama counterpart: "
                          f"{_checks.short_list(unknown)}")
@@ -187,6 +207,48 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
+
+
+def _fused_layout(pairs, extras, meta, model_config):
+    """The mcore FusedLayout when the adapter's names are mcore's (all or none of them), else None."""
+    modules = list(pairs) + [name.rpartition(".")[0] for name in extras]
+    mcore = [m for m in modules if names.is_mcore_module(m)]
+    if not mcore:
+        if model_config is not None:
+            raise ValueError("model_config is for MindFormers mcore adapters (decoder.layers.N...); this adapter has "
+                             "none of their names")
+        return None
+    if len(mcore) != len(modules):
+        other = sorted(set(modules) - set(mcore))
+        raise ValueError(f"the adapter mixes mcore module names with others ({_checks.short_list(other)}): one model's "
+                         "adapter has one naming")
+    recorded = meta.get("mcore_layout")
+    given = _mcore.layout_from_config(model_config) if model_config is not None else None
+    if recorded is not None:
+        recorded = _mcore.FusedLayout.from_dict(recorded)
+        if given is not None and any(v is not None and recorded.to_dict()[k] not in (None, v)
+                                     for k, v in given.to_dict().items()):
+            raise ValueError(f"model_config gives the fused layout {given.to_dict()} but the adapter's metadata "
+                             f"records {recorded.to_dict()}: it was trained on another model")
+        return recorded if given is None else given
+    if given is None:
+        logger.info("export_peft: no mcore_layout in the adapter and no model_config: MindFormers' defaults "
+                    "(qkv interleaved per query group, fc1 gate/up interleaved)")
+    return given if given is not None else _mcore.FusedLayout()
+
+
+def _hf_parts(module, rows, layout):
+    """[(HF module, row index)] of one of our modules: one part (all rows) for the built-in Llama and
+    unfused mcore modules, the fused layout's parts for linear_qkv / linear_fc1; None when unknown."""
+    if layout is None:
+        hf = _hf_module(module)
+        return None if hf is None else [(hf, slice(None))]
+    hf = names.mcore_module_to_hf(module)
+    if hf is None:
+        return None
+    if len(hf) == 1:
+        return [(hf[0], slice(None))]
+    return list(zip(hf, layout.part_rows(module, rows)))
 
 
 def _check_ranks(pairs, lora_config):

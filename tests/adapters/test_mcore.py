@@ -1,0 +1,341 @@
+"""MindFormers mcore checkpoints: the fused layouts (against MindFormers' own packing code), the mcore
+LoRA names, merge into a fused base, and export to HF PEFT (split rows, PEFT on a transformers Qwen3)."""
+import json
+import os
+
+import numpy as np
+import pytest
+from mindspore import nn
+
+from mindpet_lite import _files
+from mindpet_lite.adapters import mcore, names
+from mindpet_lite.adapters.io import load_adapter, read_adapter, save_adapter
+from mindpet_lite.adapters.merge import merge_checkpoint
+from mindpet_lite.adapters.metadata import write_adapter_file
+from mindpet_lite.adapters.peft import export_peft
+from mindpet_lite.cli import main
+from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.graph.freeze import freeze_delta
+from tests import reference as ref
+
+NH, NG, D, HIDDEN, FFN, R, ALPHA, LAYERS = 4, 2, 8, 32, 48, 4, 8, 2
+QKV = (NH + 2 * NG) * D
+# (mcore module inside decoder.layers.N, out, in)
+MODULES = (("self_attention.linear_qkv", QKV, HIDDEN), ("self_attention.linear_proj", HIDDEN, NH * D),
+           ("mlp.linear_fc1", 2 * FFN, HIDDEN), ("mlp.linear_fc2", HIDDEN, FFN))
+HF_CONFIG = {"model_type": "qwen3", "hidden_size": HIDDEN, "intermediate_size": FFN, "num_attention_heads": NH,
+             "num_key_value_heads": NG, "head_dim": D, "num_hidden_layers": LAYERS, "vocab_size": 64}
+PET_CONFIG = {"pet_type": "lora", "lora_rank": R, "lora_alpha": ALPHA,
+              "target_modules": ".*linear_qkv|.*linear_proj|.*linear_fc1|.*linear_fc2"}
+SCALING = ALPHA / R
+
+
+def _mf_mixin():
+    mixin = pytest.importorskip("mindformers.parallel_core.utils.model_mixin")
+    return mixin.TrainModelMixin
+
+
+def _adapter(rng, names_style="ours"):
+    """A trained-looking LoRA of every mcore projection, numpy only, with our metadata."""
+    tensors = {}
+    for i in range(LAYERS):
+        for module, out, inn in MODULES:
+            path = f"model.decoder.layers.{i}.{module}"
+            a = rng.standard_normal((R, inn)).astype(np.float32)
+            b = rng.standard_normal((out, R)).astype(np.float32)
+            if names_style == "ours":
+                tensors[f"{path}.mindpet_delta_lora_a"], tensors[f"{path}.mindpet_delta_lora_b"] = a, b
+            else:  # MindFormers' ColumnParallelLinearWithLoRA / RowParallelLinearWithLoRA sub-cells
+                tensors[f"{path}.lora_A.weight"], tensors[f"{path}.lora_B.weight"] = a, b
+    meta = {"source": "mindpet_lite", "pet_config": PET_CONFIG, "scaling": SCALING}
+    return tensors, meta
+
+
+def _base(rng):
+    """An mcore Qwen3 base checkpoint's keys and shapes (as TrainingQwen3ForCausalLM names them)."""
+    base = {"model.embedding.word_embeddings.weight": rng.standard_normal((64, HIDDEN)),
+            "model.decoder.final_layernorm.weight": 1 + 0.1 * rng.standard_normal(HIDDEN),
+            "model.output_layer.weight": rng.standard_normal((64, HIDDEN))}
+    for i in range(LAYERS):
+        for module, out, inn in MODULES:
+            base[f"model.decoder.layers.{i}.{module}.weight"] = rng.standard_normal((out, inn))
+        for norm, size in (("input_layernorm", HIDDEN), ("pre_mlp_layernorm", HIDDEN),
+                           ("self_attention.q_layernorm", D), ("self_attention.k_layernorm", D)):
+            base[f"model.decoder.layers.{i}.{norm}.weight"] = 1 + 0.1 * rng.standard_normal(size)
+    return {k: (0.1 * v).astype(np.float32) for k, v in base.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# layouts and names
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_qkv_rows_invert_mindformers_packing(rng, contiguous):
+    mixin = _mf_mixin()
+    q, k, v = (rng.standard_normal((n * D, HIDDEN)) for n in (NH, NG, NG))
+    if contiguous:
+        fused = mixin.concat_qkv_contiguous(None, q, k, v, "x.linear_q.weight")["x.linear_qkv.weight"]
+    else:
+        fused = mixin.concat_qkv_interleaved(None, q, k, v, "x.linear_q.weight", D, NG, NH)["x.linear_qkv.weight"]
+    layout = mcore.FusedLayout(NH, NG, D, qkv="contiguous" if contiguous else "interleaved")
+    parts = layout.qkv_rows(fused.shape[0])
+    for got, want, again in zip(mcore.split_rows(fused, parts), (q, k, v),
+                                ref.mcore_split_qkv(fused, NH, NG, D, contiguous)):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(again, want)  # the numpy reference agrees with MindFormers too
+    np.testing.assert_array_equal(mcore.fuse_rows([q, k, v], parts, "qkv"), fused)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_fc1_rows_invert_mindformers_packing(rng, interleaved):
+    mixin = _mf_mixin()
+    gate, up = rng.standard_normal((FFN, HIDDEN)), rng.standard_normal((FFN, HIDDEN))
+    if interleaved:
+        fused = mixin.concat_linear_fc1_interleaved(None, gate, up, "x.gating.weight", FFN)["x.linear_fc1.weight"]
+    else:
+        fused = mixin.concat_linear_fc1_contiguous(None, gate, up, "x.gating.weight")["x.linear_fc1.weight"]
+    layout = mcore.FusedLayout(ffn_hidden_size=FFN, fc1="interleaved" if interleaved else "contiguous")
+    for got, want, again in zip(mcore.split_rows(fused, layout.fc1_rows(fused.shape[0])), (gate, up),
+                                ref.mcore_split_fc1(fused, interleaved)):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(again, want)
+
+
+def test_layout_from_configs_and_bad_values():
+    hf = mcore.layout_from_config(HF_CONFIG).to_dict()
+    mf = mcore.layout_from_config({"model": {"model_config": {"num_attention_heads": NH, "num_query_groups": NG,
+                                                              "kv_channels": D, "ffn_hidden_size": FFN,
+                                                              "use_contiguous_weight_layout_attention": True}}})
+    assert hf == {"num_attention_heads": NH, "num_query_groups": NG, "kv_channels": D, "ffn_hidden_size": FFN,
+                  "qkv": "interleaved", "fc1": "interleaved"}
+    assert mf.to_dict() == {**hf, "qkv": "contiguous"}
+    with pytest.raises(ValueError, match="multiple of num_query_groups"):
+        mcore.FusedLayout(4, 3, 8)
+    with pytest.raises(ValueError, match=r"linear_qkv has 60 rows .* = 64"):
+        mcore.FusedLayout(NH, NG, D).qkv_rows(60)
+    with pytest.raises(ValueError, match="--model-config"):
+        mcore.FusedLayout().qkv_rows(QKV)
+    with pytest.raises(ValueError, match="qkv"):
+        mcore.FusedLayout(qkv="per_head")
+
+
+def test_mcore_names_to_hf():
+    assert names.mcore_module_to_hf("model.decoder.layers.3.self_attention.linear_qkv") == (
+        "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.k_proj", "model.layers.3.self_attn.v_proj")
+    assert names.mcore_module_to_hf("model.decoder.layers.0.mlp.linear_fc1") == (
+        "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")
+    assert names.mcore_module_to_hf("model.decoder.layers.0.pre_mlp_layernorm") == (
+        "model.layers.0.post_attention_layernorm",)
+    assert names.mcore_module_to_hf("model.embedding.word_embeddings") == ("model.embed_tokens",)
+    assert names.mcore_module_to_hf("model.layers.0.attention.wq") is None
+    assert names.hf_module_to_mcore("model.layers.1.mlp.up_proj") == ("model.decoder.layers.1.mlp.linear_fc1", 1)
+    assert [names.parallel_kind(f"x.{m}") for m in ("linear_qkv", "linear_fc1", "linear_proj", "linear_fc2")] == [
+        "column", "column", "row", "row"]
+
+
+# ------------------------------------------------------------------------------------------------
+# a network with LoRADense cells at mcore paths: MindFormers' lora_A / lora_B names load onto it
+# ------------------------------------------------------------------------------------------------
+class _Group(nn.Cell):
+    def __init__(self, specs):
+        super().__init__()
+        for leaf, out, inn in specs:
+            setattr(self, leaf, LoRADense(inn, out, R, ALPHA, lora_b_init="normal"))
+
+
+class _Layer(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.self_attention = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[:2]])
+        self.mlp = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[2:]])
+
+
+class _Decoder(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.CellList([_Layer() for _ in range(LAYERS)])
+
+
+class _Gpt(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.decoder = _Decoder()
+
+
+class McoreLike(nn.Cell):
+    """Stands in for TrainingQwen3ForCausalLM: its LoRA cells at the mcore paths, its config."""
+    def __init__(self):
+        super().__init__()
+        self.model = _Gpt()
+        self.config = HF_CONFIG
+
+
+@pytest.fixture(scope="module")
+def mcore_net():
+    net = McoreLike()
+    freeze_delta(net, "lora")
+    return net
+
+
+def test_mindformers_lora_names_load_and_save_records_layout(tmp_path, rng, mcore_net):
+    tensors, _ = _adapter(rng, names_style="mindformers")
+    tensors["model.decoder.layers.0.self_attention.linear_qkv.weight"] = rng.standard_normal((QKV, HIDDEN))
+    tensors["adam_m.model.decoder.layers.0.mlp.linear_fc1.lora_A.weight"] = np.zeros((R, HIDDEN))
+    path = str(tmp_path / "mf_lora.ckpt")
+    _files.write_checkpoint({k: v.astype(np.float32) for k, v in tensors.items()}, path, "ckpt")
+    load_adapter(mcore_net, path)  # base weight and optimizer state ignored, lora_A / lora_B read as ours
+    params = {n: _files.to_numpy(p) for n, p in mcore_net.parameters_and_names()}
+    for key, value in tensors.items():
+        ours = names.normalize_name(key)
+        if "lora_" in key and not key.startswith("adam_m."):
+            np.testing.assert_array_equal(params[ours], value)
+    meta = save_adapter(mcore_net, str(tmp_path / "ours.safetensors"))
+    assert meta["mcore_layout"] == {"num_attention_heads": NH, "num_query_groups": NG, "kv_channels": D,
+                                    "ffn_hidden_size": FFN, "qkv": "interleaved", "fc1": "interleaved"}
+    saved, meta_back = read_adapter(str(tmp_path / "ours.safetensors"))
+    assert sorted(saved) == sorted(names.normalize_name(k) for k in tensors if "lora_" in k and "adam" not in k)
+    assert meta_back["mcore_layout"] == meta["mcore_layout"]
+
+
+# ------------------------------------------------------------------------------------------------
+# merge into a fused mcore base
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("names_style", ["ours", "mindformers"])
+def test_merge_into_mcore_base(tmp_path, rng, names_style):
+    base, (tensors, meta) = _base(rng), _adapter(rng, names_style)
+    if names_style == "mindformers":  # MindFormers files carry no alpha: the scaling is given
+        merged = merge_checkpoint(base, tensors, scaling=SCALING)
+    else:
+        merged = merge_checkpoint(base, (tensors, meta))
+    assert sorted(merged) == sorted(base)
+    pairs = {}
+    for key, value in tensors.items():
+        module, leaf = names.normalize_name(key).rsplit(".", 1)
+        pairs.setdefault(module, {})[leaf] = value
+    for module, pair in pairs.items():
+        want = ref.merged_weight(base[f"{module}.weight"], pair["mindpet_delta_lora_a"], pair["mindpet_delta_lora_b"],
+                                 SCALING)
+        np.testing.assert_allclose(merged[f"{module}.weight"], want, rtol=1e-5, atol=1e-6)
+    for key in base:
+        if not any(key == f"{m}.weight" for m in pairs):
+            np.testing.assert_array_equal(merged[key], base[key])
+    # per HF module, the merged fused rows are that module's own merge (the split commutes with the merge)
+    module = "model.decoder.layers.1.self_attention.linear_qkv"
+    a, b = pairs[module]["mindpet_delta_lora_a"], pairs[module]["mindpet_delta_lora_b"]
+    for w_hf, b_hf, merged_hf in zip(ref.mcore_split_qkv(base[f"{module}.weight"], NH, NG, D),
+                                     ref.mcore_split_qkv(b, NH, NG, D),
+                                     ref.mcore_split_qkv(merged[f"{module}.weight"], NH, NG, D)):
+        np.testing.assert_allclose(merged_hf, ref.merged_weight(w_hf, a, b_hf, SCALING), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# export to HF PEFT
+# ------------------------------------------------------------------------------------------------
+def test_export_splits_fused_pairs(tmp_path, rng):
+    tensors, meta = _adapter(rng)
+    tensors["model.embedding.word_embeddings.weight"] = rng.standard_normal((64, HIDDEN)).astype(np.float32)
+    out = str(tmp_path / "peft")
+    config = export_peft((tensors, meta), out, model_config=HF_CONFIG)
+    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"])
+    assert (config["r"], config["lora_alpha"], config["modules_to_save"]) == (R, ALPHA, ["model.embed_tokens"])
+    weights, _ = _files.read_checkpoint(os.path.join(out, "adapter_model.safetensors"))
+    p = "base_model.model."
+    np.testing.assert_array_equal(weights[f"{p}model.embed_tokens.weight"],
+                                  tensors["model.embedding.word_embeddings.weight"])
+    for i in range(LAYERS):
+        for module, hf_names, split in (
+                ("self_attention.linear_qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                 lambda w: ref.mcore_split_qkv(w, NH, NG, D)),
+                ("mlp.linear_fc1", ("mlp.gate_proj", "mlp.up_proj"), ref.mcore_split_fc1),
+                ("self_attention.linear_proj", ("self_attn.o_proj",), lambda w: (w,)),
+                ("mlp.linear_fc2", ("mlp.down_proj",), lambda w: (w,))):
+            ours = f"model.decoder.layers.{i}.{module}"
+            fused_delta = SCALING * tensors[f"{ours}.mindpet_delta_lora_b"] @ tensors[f"{ours}.mindpet_delta_lora_a"]
+            for hf, want in zip(hf_names, split(fused_delta)):
+                a = weights[f"{p}model.layers.{i}.{hf}.lora_A.weight"]
+                b = weights[f"{p}model.layers.{i}.{hf}.lora_B.weight"]
+                np.testing.assert_array_equal(a, tensors[f"{ours}.mindpet_delta_lora_a"])
+                np.testing.assert_allclose(SCALING * b @ a, want, rtol=1e-6, atol=1e-6)
+
+
+def test_export_errors(tmp_path, rng):
+    tensors, meta = _adapter(rng)
+    with pytest.raises(ValueError, match="num_attention_heads.*--model-config"):
+        export_peft((tensors, meta), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"linear_qkv has 64 rows .* = 48"):
+        export_peft((tensors, meta), str(tmp_path / "b"), model_config={**HF_CONFIG, "num_attention_heads": 2})
+    with pytest.raises(ValueError, match="recorded|records"):
+        export_peft((tensors, {**meta, "mcore_layout": mcore.layout_from_config(HF_CONFIG).to_dict()}),
+                    str(tmp_path / "c"), model_config={**HF_CONFIG, "use_contiguous_weight_layout_attention": True})
+    mixed = dict(tensors, **{"model.layers.0.attention.wq.mindpet_delta_lora_a": np.zeros((R, 8), np.float32),
+                             "model.layers.0.attention.wq.mindpet_delta_lora_b": np.zeros((8, R), np.float32)})
+    with pytest.raises(ValueError, match="mixes mcore module names"):
+        export_peft((mixed, meta), str(tmp_path / "d"), model_config=HF_CONFIG)
+    assert not any(os.path.exists(tmp_path / d) for d in "abcd")
+
+
+def test_cli_export_with_model_config(tmp_path, rng, capsys):
+    tensors, meta = _adapter(rng)
+    adapter = str(tmp_path / "adapter.safetensors")
+    write_adapter_file(tensors, adapter, meta)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(HF_CONFIG))
+    assert main(["export-peft", "--adapter", adapter, "--out", str(tmp_path / "peft"), "--model-config", str(cfg)]) == 0
+    assert "q_proj" in capsys.readouterr().out
+    assert main(["export-peft", "--adapter", adapter, "--out", str(tmp_path / "peft2")]) == 2
+    assert "--model-config" in capsys.readouterr().err
+
+
+def test_peft_on_transformers_qwen3_matches_merged_mcore_base(tmp_path, rng):
+    """The exported adapter in PEFT on a transformers Qwen3 whose base is the de-fused mcore base gives the
+    logits of that Qwen3 carrying the merged mcore base (our merge, then de-fused by the numpy reference)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    mixin = _mf_mixin()
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen3Config(**{k: v for k, v in HF_CONFIG.items() if k != "model_type"},
+                                      tie_word_embeddings=False, attention_bias=False)
+    model = transformers.Qwen3ForCausalLM(hf_cfg).eval()
+    hf_sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    # the mcore base, packed by MindFormers' own code
+    base = {}
+    for i in range(LAYERS):
+        h = f"model.layers.{i}."
+        m = f"model.decoder.layers.{i}."
+        base.update(mixin.concat_qkv_interleaved(None, hf_sd[h + "self_attn.q_proj.weight"],
+                                                 hf_sd[h + "self_attn.k_proj.weight"],
+                                                 hf_sd[h + "self_attn.v_proj.weight"],
+                                                 m + "self_attention.linear_q.weight", D, NG, NH))
+        base.update(mixin.concat_linear_fc1_interleaved(None, hf_sd[h + "mlp.gate_proj.weight"],
+                                                        hf_sd[h + "mlp.up_proj.weight"], m + "mlp.gating.weight", FFN))
+        base[m + "self_attention.linear_proj.weight"] = hf_sd[h + "self_attn.o_proj.weight"]
+        base[m + "mlp.linear_fc2.weight"] = hf_sd[h + "mlp.down_proj.weight"]
+    tensors, meta = _adapter(rng)
+    tensors = {k: 0.3 * v for k, v in tensors.items()}
+    merged = merge_checkpoint(base, (tensors, meta))
+    export_peft((tensors, meta), str(tmp_path / "peft"), model_config=HF_CONFIG)
+
+    ids = torch.tensor([[1, 5, 9, 2, 33, 17, 8, 4]])
+    peft_model = peft.PeftModel.from_pretrained(model, str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        got = peft_model(ids).logits.numpy()
+    reference = transformers.Qwen3ForCausalLM(hf_cfg).eval()
+    sd = {k: torch.tensor(v) for k, v in hf_sd.items()}
+    for i in range(LAYERS):
+        h, m = f"model.layers.{i}.", f"model.decoder.layers.{i}."
+        for name, w in zip(("q_proj", "k_proj", "v_proj"),
+                           ref.mcore_split_qkv(merged[m + "self_attention.linear_qkv.weight"], NH, NG, D)):
+            sd[f"{h}self_attn.{name}.weight"] = torch.tensor(w)
+        for name, w in zip(("gate_proj", "up_proj"), ref.mcore_split_fc1(merged[m + "mlp.linear_fc1.weight"])):
+            sd[f"{h}mlp.{name}.weight"] = torch.tensor(w)
+        sd[h + "self_attn.o_proj.weight"] = torch.tensor(merged[m + "self_attention.linear_proj.weight"])
+        sd[h + "mlp.down_proj.weight"] = torch.tensor(merged[m + "mlp.linear_fc2.weight"])
+    reference.load_state_dict(sd)
+    with torch.no_grad():
+        want = reference(ids).logits.numpy()
+        plain = transformers.Qwen3ForCausalLM(hf_cfg).eval()
+        plain.load_state_dict({k: torch.tensor(v) for k, v in hf_sd.items()})
+        without = plain(ids).logits.numpy()
+    assert np.max(np.abs(want - without)) > 1e-2  # the adapter changes the logits
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
