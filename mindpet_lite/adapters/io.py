@@ -409,6 +409,7 @@ def _parallel_layout(dev_matrix, tensor_map):
     layout.tensor_map.add().dim.extend(tensor_map)
     layout.param_split_shape.add()
     layout.indices_offset.add()
+    layout.field, layout.opt_weight_shard_step, layout.opt_weight_shard_size = 0, 0, 0  # no optimizer shard
     return layout
 
 
@@ -444,8 +445,13 @@ def _gather_one(name, parts, layout, atol):
         if delta > atol:
             what = ("the ranks are not replicas of one adapter" if layout is None else
                     "the ranks that hold the same slice disagree")
-            kind = parallel_kind(normalize_name(name).rpartition(".")[0])
-            if layout is None and kind is not None:
+            module, _, leaf = normalize_name(name).rpartition(".")
+            kind = parallel_kind(module)
+            sliced = (kind == "column" and leaf in (LORA_B, LORA_MAGNITUDE)) or (kind == "row" and leaf == LORA_A)
+            if layout is None and sliced:
+                what += (f"; in a tensor-parallel run each rank holds a slice of it ({kind}-parallel layer): pass "
+                         "tensor_parallel= (--tensor-parallel) or strategy_file= (--strategy-file)")
+            elif kind is not None:
                 what += f" ({kind}-parallel layer: its {'A' if kind == 'column' else 'B'} is replicated on every rank)"
             raise ValueError(f"{name} differs between {path} and {ref_path} (max abs diff {delta:g}): {what}")
     if layout is None:
