@@ -141,6 +141,11 @@ def _add_peft(sub):
     imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+    imp.add_argument("--target", choices=["llama", "mcore"], default="llama",
+                     help="names of the adapter written: the built-in Llama's (default) or a MindFormers mcore "
+                          "model's (q/k/v and gate/up fused; needs --model-config)")
+    imp.add_argument("--model-config", default=None,
+                     help="with --target mcore: the model's config (HF config.json, a MindFormers run YAML or model_config)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
 
     def work_export(args):
@@ -153,7 +158,9 @@ def _add_peft(sub):
 
     def work_import(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite)
+        model_config = _checks.load_mapping(args.model_config, "--model-config") if args.model_config else None
+        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite,
+                                         target=args.target, model_config=model_config)
         cfg = meta["pet_config"]
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")

@@ -176,3 +176,35 @@ def layout_from_config(config):
     _checks.check_bool("use_interleaved_weight_layout_mlp", interleaved)
     return FusedLayout(qkv="contiguous" if contiguous else "interleaved",
                        fc1="interleaved" if interleaved else "contiguous", **values)
+
+
+def fuse_lora_parts(parts, part_rows, rows, what):
+    """One LoRA pair of a fused layer from its HF parts, exactly: ``parts`` is ``{part index: (A, B, s)}``
+    (the parts present; a missing one gets zero rows of B), ``part_rows`` the fused layout's row indices.
+
+    * Every A equal and every s equal: ``(A, B_fused, r, s)``, B's rows placed by the layout.
+    * Otherwise no rank-r pair holds them; the parts are stacked into a rank-Σr pair: A_fused =
+      [A_0; A_1; ...], and part p's rows of B_fused hold ``B_p · s_p / s`` in its own block of columns
+      (zeros elsewhere), s = the first part's scaling. Then s·B_fused·A_fused has, on part p's rows,
+      exactly s_p·B_p·A_p. Returns ``(A_fused, B_fused, Σr, s)``.
+    """
+    order = sorted(parts)
+    a0, _, s0 = parts[order[0]]
+    for idx in order:
+        a, b, _ = parts[idx]
+        if a.shape[1] != a0.shape[1] or b.shape[1] != a.shape[0] or b.shape[0] != len(part_rows[idx]):
+            raise ValueError(f"{what}: part {idx} has A {list(a.shape)} and B {list(b.shape)}; the fused layout gives it "
+                             f"{len(part_rows[idx])} rows of {a0.shape[1]} inputs")
+    dtype = np.result_type(*[parts[i][1].dtype for i in order])
+    if all(np.array_equal(parts[i][0], a0) and parts[i][2] == s0 for i in order):
+        fused_b = np.zeros((rows, a0.shape[0]), dtype=dtype)
+        for idx in order:
+            fused_b[part_rows[idx]] = parts[idx][1]
+        return a0, fused_b, a0.shape[0], s0
+    total = sum(parts[i][0].shape[0] for i in order)
+    fused_b, offset = np.zeros((rows, total), dtype=dtype), 0
+    for idx in order:
+        a, b, s = parts[idx]
+        fused_b[np.ix_(part_rows[idx], np.arange(offset, offset + a.shape[0]))] = b * (s / s0)
+        offset += a.shape[0]
+    return np.concatenate([parts[i][0] for i in order]), fused_b, total, s0

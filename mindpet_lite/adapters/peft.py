@@ -43,8 +43,8 @@ import numpy as np
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
-from mindpet_lite.adapters import mcore as _mcore
 from mindpet_lite.adapters import names
+from mindpet_lite.adapters import peft_mcore as _peft_mcore
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
@@ -151,10 +151,10 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         rslora = _checks.check_bool("use_rslora", use_rslora)
 
-    layout = _fused_layout(pairs, extras, meta, model_config)
+    layout = _peft_mcore.fused_layout(pairs, extras, meta, model_config)
     out, unknown, hf_modules, rank_pattern, alpha_pattern = {}, [], [], {}, {}
     for module, (a, b) in sorted(pairs.items()):
-        parts = _hf_parts(module, b.shape[0], layout)
+        parts = _peft_mcore.hf_parts(module, b.shape[0], layout)
         if parts is None:
             unknown.append(module)
             continue
@@ -171,7 +171,8 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     to_save = []
     for name, array in sorted(extras.items()):
         module, _, leaf = name.rpartition(".")
-        parts = _hf_parts(module, array.shape[0] if array.ndim else 0, layout) if layout is not None else None
+        parts = (_peft_mcore.hf_parts(module, array.shape[0] if array.ndim else 0, layout)
+                 if layout is not None else None)
         if parts is None:
             hf = _hf_param(name)
             if hf is None:
@@ -207,48 +208,6 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
-
-
-def _fused_layout(pairs, extras, meta, model_config):
-    """The mcore FusedLayout when the adapter's names are mcore's (all or none of them), else None."""
-    modules = list(pairs) + [name.rpartition(".")[0] for name in extras]
-    mcore = [m for m in modules if names.is_mcore_module(m)]
-    if not mcore:
-        if model_config is not None:
-            raise ValueError("model_config is for MindFormers mcore adapters (decoder.layers.N...); this adapter has "
-                             "none of their names")
-        return None
-    if len(mcore) != len(modules):
-        other = sorted(set(modules) - set(mcore))
-        raise ValueError(f"the adapter mixes mcore module names with others ({_checks.short_list(other)}): one model's "
-                         "adapter has one naming")
-    recorded = meta.get("mcore_layout")
-    given = _mcore.layout_from_config(model_config) if model_config is not None else None
-    if recorded is not None:
-        recorded = _mcore.FusedLayout.from_dict(recorded)
-        if given is not None and any(v is not None and recorded.to_dict()[k] not in (None, v)
-                                     for k, v in given.to_dict().items()):
-            raise ValueError(f"model_config gives the fused layout {given.to_dict()} but the adapter's metadata "
-                             f"records {recorded.to_dict()}: it was trained on another model")
-        return recorded if given is None else given
-    if given is None:
-        logger.info("export_peft: no mcore_layout in the adapter and no model_config: MindFormers' defaults "
-                    "(qkv interleaved per query group, fc1 gate/up interleaved)")
-    return given if given is not None else _mcore.FusedLayout()
-
-
-def _hf_parts(module, rows, layout):
-    """[(HF module, row index)] of one of our modules: one part (all rows) for the built-in Llama and
-    unfused mcore modules, the fused layout's parts for linear_qkv / linear_fc1; None when unknown."""
-    if layout is None:
-        hf = _hf_module(module)
-        return None if hf is None else [(hf, slice(None))]
-    hf = names.mcore_module_to_hf(module)
-    if hf is None:
-        return None
-    if len(hf) == 1:
-        return [(hf[0], slice(None))]
-    return list(zip(hf, layout.part_rows(module, rows)))
 
 
 def _check_ranks(pairs, lora_config):
@@ -427,14 +386,20 @@ def _jsonable(value):
         return False
 
 
-def import_peft(peft_dir, out=None, format=None, overwrite=False):  # pylint: disable=redefined-builtin
+def import_peft(peft_dir, out=None, format=None, overwrite=False, target="llama", model_config=None):  # pylint: disable=redefined-builtin,too-many-arguments
     """Convert a PEFT LoRA directory to an adapter file (``out``, .ckpt / .safetensors) that
-    :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``. ``out`` is never
-    inside ``peft_dir``; an existing ``out`` needs ``overwrite=True``."""
+    :func:`load_adapter` puts on the built-in Llama (``target='llama'``) or on a MindFormers mcore model
+    (``target='mcore'``, with ``model_config``: its fused layout; see ``peft_mcore.to_mcore``). Returns
+    ``(tensors, metadata)``. ``out`` is never inside ``peft_dir``; an existing ``out`` needs ``overwrite=True``."""
+    _checks.check_choice("target", target, ("llama", "mcore"))
+    if target == "llama" and model_config is not None:
+        raise ValueError("model_config is for target='mcore' (the fused layout of the mcore model)")
     if out is not None:
         _files.check_output_path(out, format)
         _files.check_new_output(out, [peft_dir], overwrite)
     tensors, meta = read_peft_adapter(peft_dir)
+    if target == "mcore":
+        tensors, meta = _peft_mcore.to_mcore(tensors, meta, model_config)
     if out is not None:
         _meta.write_adapter_file({k: np.asarray(v) for k, v in tensors.items()}, out, meta, format)
         logger.info("import_peft: %s -> %s (%d tensors)", peft_dir, out, len(tensors))

@@ -12,10 +12,11 @@ from mindpet_lite.adapters import mcore, names
 from mindpet_lite.adapters.io import load_adapter, read_adapter, save_adapter
 from mindpet_lite.adapters.merge import merge_checkpoint
 from mindpet_lite.adapters.metadata import write_adapter_file
-from mindpet_lite.adapters.peft import export_peft
+from mindpet_lite.adapters.peft import export_peft, import_peft
 from mindpet_lite.cli import main
 from mindpet_lite.delta.lora import LoRADense
 from mindpet_lite.graph.freeze import freeze_delta
+from mindpet_lite.pet.config import LoraConfig
 from tests import reference as ref
 
 NH, NG, D, HIDDEN, FFN, R, ALPHA, LAYERS = 4, 2, 8, 32, 48, 4, 8, 2
@@ -339,3 +340,87 @@ def test_peft_on_transformers_qwen3_matches_merged_mcore_base(tmp_path, rng):
         without = plain(ids).logits.numpy()
     assert np.max(np.abs(want - without)) > 1e-2  # the adapter changes the logits
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# import from HF PEFT onto mcore names
+# ------------------------------------------------------------------------------------------------
+def _edit_peft(peft_dir, edit):
+    path = os.path.join(peft_dir, "adapter_model.safetensors")
+    weights, _ = _files.read_checkpoint(path)
+    edit(weights)
+    os.remove(path)
+    _files.write_checkpoint(weights, path, "safetensors", text={"format": "pt"})
+
+
+def test_import_round_trip_is_exact(tmp_path, rng):
+    tensors, meta = _adapter(rng)
+    export_peft((tensors, meta), str(tmp_path / "peft"), model_config=HF_CONFIG)
+    back, meta_back = import_peft(str(tmp_path / "peft"), target="mcore", model_config=HF_CONFIG)
+    assert sorted(back) == sorted(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(back[name], array)
+    cfg = meta_back["pet_config"]
+    assert (cfg["lora_rank"], cfg["lora_alpha"], cfg["rank_pattern"], cfg["alpha_pattern"]) == (R, ALPHA, [], [])
+    assert meta_back["mcore_layout"]["num_attention_heads"] == NH
+
+
+def test_import_different_a_stacks_rank_exactly(tmp_path, rng):
+    """PEFT-trained q/k/v have their own A's: the fused pair is rank 3r (gate/up: 2r), exact per part;
+    only q_proj / v_proj adapted in layer 1: k's rows stay zero."""
+    tensors, meta = _adapter(rng)
+    peft_dir = str(tmp_path / "peft")
+    export_peft((tensors, meta), peft_dir, model_config=HF_CONFIG)
+    p = "base_model.model.model.layers."
+
+    def edit(weights):
+        for key in list(weights):
+            if ".lora_A." in key and any(m in key for m in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+                weights[key] = rng.standard_normal(weights[key].shape).astype(np.float32)
+        for key in [k for k in weights if k.startswith(p + "1.self_attn.k_proj.")]:
+            weights.pop(key)
+    _edit_peft(peft_dir, edit)
+    hf, _ = _files.read_checkpoint(os.path.join(peft_dir, "adapter_model.safetensors"))
+    back, meta_back = import_peft(peft_dir, target="mcore", model_config=HF_CONFIG)
+    cfg = meta_back["pet_config"]
+    qkv0 = "model.decoder.layers.0.self_attention.linear_qkv"
+    assert back[f"{qkv0}.mindpet_delta_lora_a"].shape == (3 * R, HIDDEN)
+    assert back["model.decoder.layers.1.self_attention.linear_qkv.mindpet_delta_lora_a"].shape == (2 * R, HIDDEN)
+    assert back["model.decoder.layers.0.mlp.linear_fc1.mindpet_delta_lora_a"].shape == (2 * R, HIDDEN)
+    config = LoraConfig.from_dict(cfg)
+    for i in range(LAYERS):
+        for module, hf_names, split in (
+                ("self_attention.linear_qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                 lambda w: ref.mcore_split_qkv(w, NH, NG, D)),
+                ("mlp.linear_fc1", ("mlp.gate_proj", "mlp.up_proj"), ref.mcore_split_fc1)):
+            ours = f"model.decoder.layers.{i}.{module}"
+            s = config.scaling_for(ours)
+            fused = s * back[f"{ours}.mindpet_delta_lora_b"] @ back[f"{ours}.mindpet_delta_lora_a"]
+            for name, got in zip(hf_names, split(fused)):
+                key = f"{p}{i}.{name}.lora_"
+                if key + "A.weight" not in hf:
+                    assert not got.any()
+                    continue
+                want = SCALING * hf[key + "B.weight"] @ hf[key + "A.weight"]
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_import_errors_and_cli(tmp_path, rng, capsys):
+    tensors, meta = _adapter(rng)
+    peft_dir = str(tmp_path / "peft")
+    export_peft((tensors, meta), peft_dir, model_config=HF_CONFIG)
+    with pytest.raises(ValueError, match="needs model_config"):
+        import_peft(peft_dir, target="mcore")
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        import_peft(peft_dir, target="mcore", model_config={"intermediate_size": FFN})
+    with pytest.raises(ValueError, match="target"):
+        import_peft(peft_dir, target="gpt")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(HF_CONFIG))
+    out = str(tmp_path / "imported.safetensors")
+    assert main(["import-peft", "--peft-dir", peft_dir, "--out", out, "--target", "mcore",
+                 "--model-config", str(cfg)]) == 0
+    back, _ = read_adapter(out)
+    assert sorted(back) == sorted(tensors)
+    assert main(["import-peft", "--peft-dir", peft_dir, "--out", str(tmp_path / "x.ckpt"), "--target", "mcore"]) == 2
+    assert "model_config" in capsys.readouterr().err
