@@ -10,7 +10,7 @@ from mindspore import nn
 from mindpet_lite import _files
 from mindpet_lite.adapters import mcore, names
 from mindpet_lite.adapters.io import load_adapter, read_adapter, save_adapter
-from mindpet_lite.adapters.merge import merge_checkpoint
+from mindpet_lite.adapters.merge import merge_checkpoint, merge_full_checkpoint
 from mindpet_lite.adapters.metadata import write_adapter_file
 from mindpet_lite.adapters.peft import export_peft, import_peft
 from mindpet_lite.cli import main
@@ -136,37 +136,41 @@ def test_mcore_names_to_hf():
 # ------------------------------------------------------------------------------------------------
 # a network with LoRADense cells at mcore paths: MindFormers' lora_A / lora_B names load onto it
 # ------------------------------------------------------------------------------------------------
+def _ours(leaf, out, inn):
+    return LoRADense(inn, out, R, ALPHA, lora_b_init="normal")
+
+
 class _Group(nn.Cell):
-    def __init__(self, specs):
+    def __init__(self, specs, cell):
         super().__init__()
         for leaf, out, inn in specs:
-            setattr(self, leaf, LoRADense(inn, out, R, ALPHA, lora_b_init="normal"))
+            setattr(self, leaf, cell(leaf, out, inn))
 
 
 class _Layer(nn.Cell):
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
-        self.self_attention = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[:2]])
-        self.mlp = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[2:]])
+        self.self_attention = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[:2]], cell)
+        self.mlp = _Group([(m.split(".")[1], o, i) for m, o, i in MODULES[2:]], cell)
 
 
 class _Decoder(nn.Cell):
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
-        self.layers = nn.CellList([_Layer() for _ in range(LAYERS)])
+        self.layers = nn.CellList([_Layer(cell) for _ in range(LAYERS)])
 
 
 class _Gpt(nn.Cell):
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
-        self.decoder = _Decoder()
+        self.decoder = _Decoder(cell)
 
 
 class McoreLike(nn.Cell):
-    """Stands in for TrainingQwen3ForCausalLM: its LoRA cells at the mcore paths, its config."""
-    def __init__(self):
+    """Stands in for TrainingQwen3ForCausalLM: LoRA cells at the mcore paths (ours, or MindFormers'), its config."""
+    def __init__(self, cell=_ours):
         super().__init__()
-        self.model = _Gpt()
+        self.model = _Gpt(cell)
         self.config = HF_CONFIG
 
 
@@ -195,6 +199,54 @@ def test_mindformers_lora_names_load_and_save_records_layout(tmp_path, rng, mcor
     saved, meta_back = read_adapter(str(tmp_path / "ours.safetensors"))
     assert sorted(saved) == sorted(names.normalize_name(k) for k in tensors if "lora_" in k and "adam" not in k)
     assert meta_back["mcore_layout"] == meta["mcore_layout"]
+
+
+def _mindformers_lora_net():
+    """The same tree with MindFormers' own ColumnParallelLinearWithLoRA / RowParallelLinearWithLoRA."""
+    layers = pytest.importorskip("mindformers.parallel_core.training_graph.tensor_parallel.lora_layers")
+    from mindformers.parallel_core.transformer_config import TransformerConfig  # pylint: disable=import-outside-toplevel
+    cfg = TransformerConfig(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=NH, ffn_hidden_size=FFN)
+
+    def cell(leaf, out, inn):
+        kind = layers.ColumnParallelLinearWithLoRA if names.parallel_kind(leaf) == "column" else \
+            layers.RowParallelLinearWithLoRA
+        return kind(inn, out, config=cfg, bias=False, lora_rank=R, lora_alpha=ALPHA, init_method=cfg.init_method,
+                    lora_b_init="normal")
+
+    net = McoreLike(cell)
+    return net
+
+
+def test_checkpoint_of_mindformers_lora_cells_loads_and_goes_back(tmp_path, mcore_net):
+    import mindspore as ms  # pylint: disable=import-outside-toplevel
+    mf_net = _mindformers_lora_net()
+    path = str(tmp_path / "mindformers_lora.ckpt")
+    ms.save_checkpoint(mf_net, path)
+    mf_params = {n: _files.to_numpy(p) for n, p in mf_net.parameters_and_names()}
+    assert "model.decoder.layers.1.mlp.linear_fc1.lora_B.weight" in mf_params
+    load_adapter(mcore_net, path)  # base weights in the file ignored, lora_A / lora_B read as ours
+    ours = {n: _files.to_numpy(p) for n, p in mcore_net.parameters_and_names()}
+    lora = [n for n in mf_params if ".lora_" in n]
+    assert len(lora) == 4 * LAYERS * 2
+    for name in lora:
+        np.testing.assert_array_equal(ours[names.normalize_name(name)], mf_params[name])
+    # MindFormers' full checkpoint (base + lora_A / lora_B) merged into a plain mcore base
+    merged = merge_full_checkpoint(path, scaling=SCALING)
+    assert sorted(merged) == sorted(n for n in mf_params if ".lora_" not in n)
+    module = "model.decoder.layers.0.self_attention.linear_qkv"
+    np.testing.assert_allclose(merged[f"{module}.weight"], ref.merged_weight(
+        mf_params[f"{module}.weight"], mf_params[f"{module}.lora_A.weight"], mf_params[f"{module}.lora_B.weight"],
+        SCALING), rtol=1e-5, atol=1e-6)
+    # and back: our adapter file onto MindFormers' cells (their names from ours)
+    save_adapter(mcore_net, str(tmp_path / "ours.ckpt"))
+    saved, _ = read_adapter(str(tmp_path / "ours.ckpt"))
+    back = {n.replace("mindpet_delta_lora_a", "lora_A.weight").replace("mindpet_delta_lora_b", "lora_B.weight"): v
+            for n, v in saved.items()}
+    fresh = _mindformers_lora_net()
+    assert set(back) <= {n for n, _ in fresh.parameters_and_names()}
+    ms.load_param_into_net(fresh, {n: ms.Parameter(ms.Tensor(v), name=n) for n, v in back.items()}, strict_load=True)
+    for name, value in back.items():
+        np.testing.assert_array_equal(_files.to_numpy(dict(fresh.parameters_and_names())[name]), value)
 
 
 # ------------------------------------------------------------------------------------------------
