@@ -311,6 +311,23 @@ def test_export_splits_fused_pairs(tmp_path, rng):
                 np.testing.assert_allclose(SCALING * b @ a, want, rtol=1e-6, atol=1e-6)
 
 
+def test_export_splits_dora_magnitudes(tmp_path, rng):
+    tensors, meta = _adapter(rng)
+    for key in [k for k in tensors if k.endswith("_b")]:
+        tensors[key.replace("lora_b", "lora_magnitude")] = rng.uniform(0.5, 1.5, tensors[key].shape[0]).astype(np.float32)
+    meta = {**meta, "pet_config": {**PET_CONFIG, "use_dora": True}}
+    config = export_peft((tensors, meta), str(tmp_path / "peft"), model_config=HF_CONFIG)
+    weights, _ = _files.read_checkpoint(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert config["use_dora"]
+    m = tensors["model.decoder.layers.0.self_attention.linear_qkv.mindpet_delta_lora_magnitude"]
+    for name, want in zip(("q_proj", "k_proj", "v_proj"), ref.mcore_split_qkv(m, NH, NG, D)):
+        np.testing.assert_array_equal(
+            weights[f"base_model.model.model.layers.0.self_attn.{name}.lora_magnitude_vector"], want)
+    gate, up = ref.mcore_split_fc1(tensors["model.decoder.layers.1.mlp.linear_fc1.mindpet_delta_lora_magnitude"])
+    for name, want in (("gate_proj", gate), ("up_proj", up)):
+        np.testing.assert_array_equal(weights[f"base_model.model.model.layers.1.mlp.{name}.lora_magnitude_vector"], want)
+
+
 def test_export_errors(tmp_path, rng):
     tensors, meta = _adapter(rng)
     with pytest.raises(ValueError, match="num_attention_heads.*--model-config"):

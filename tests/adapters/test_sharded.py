@@ -179,7 +179,7 @@ def test_cli_gather(tmp_path, rng, capsys):
 # ------------------------------------------------------------------------------------------------
 # merge into a base saved as rank parts (mindspore.transform_checkpoints)
 # ------------------------------------------------------------------------------------------------
-def _sharded_base(tmp_path, rng, tp=2):
+def _sharded_base(tmp_path, rng, tp=2, fmt="ckpt"):
     """A full mcore base, its rank_* parts (Megatron's split of W) and the strategy file describing them."""
     base = {"model.embedding.word_embeddings.weight": rng.standard_normal((40, HIDDEN)).astype(np.float32),
             "model.decoder.final_layernorm.weight": rng.standard_normal(HIDDEN).astype(np.float32)}
@@ -192,12 +192,14 @@ def _sharded_base(tmp_path, rng, tp=2):
         os.makedirs(tmp_path / "base" / f"rank_{rank}")
         ms.save_checkpoint([{"name": n, "data": ms.Tensor(a if dims[n][1] is None else
                                                           np.split(a, tp, axis=dims[n][1])[rank])}
-                            for n, a in base.items()], str(tmp_path / "base" / f"rank_{rank}" / "base.ckpt"))
+                            for n, a in base.items()], str(tmp_path / "base" / f"rank_{rank}" / f"base.{fmt}"),
+                           format=fmt)
     return base, str(tmp_path / "base"), _strategy_file(tmp_path / "strategy.ckpt", dims, [tp])
 
 
-def test_merge_into_rank_parts_via_transform_checkpoints(tmp_path, rng):
-    base, base_dir, strategy = _sharded_base(tmp_path, rng)
+@pytest.mark.parametrize("fmt", ["ckpt", "safetensors"])
+def test_merge_into_rank_parts_via_transform_checkpoints(tmp_path, rng, fmt):
+    base, base_dir, strategy = _sharded_base(tmp_path, rng, fmt=fmt)
     tensors = _adapter(rng, layers=1)
     out = str(tmp_path / "merged.safetensors")
     merged = merge_checkpoint(base_dir, (tensors, META), out, base_strategy=strategy)
