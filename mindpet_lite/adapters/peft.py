@@ -134,6 +134,12 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
     _check_override(lora_config, lora_alpha, use_rslora)
+    if not _meta.is_ours(meta):  # a MindFormers checkpoint also holds base weights and optimizer states
+        dropped = [k for k in tensors if not names.is_lora_name(k)]
+        tensors = {k: v for k, v in tensors.items() if names.is_lora_name(k)}
+        if dropped:
+            logger.info("export_peft: ignoring %d non-LoRA entries of a file without mindpet_lite metadata (base "
+                        "weights, optimizer states)", len(dropped))
     _checks.check_finite_arrays("the adapter", tensors)
     magnitudes, rest = names.split_magnitudes(tensors)
     pairs, extras = names.split_lora_pairs(rest)

@@ -328,6 +328,23 @@ def test_export_splits_dora_magnitudes(tmp_path, rng):
         np.testing.assert_array_equal(weights[f"base_model.model.model.layers.1.mlp.{name}.lora_magnitude_vector"], want)
 
 
+def test_export_mindformers_full_checkpoint(tmp_path, rng):
+    """A MindFormers mcore LoRA checkpoint (lora_A / lora_B beside the base weights and optimizer states,
+    no metadata) exports its LoRA pairs only, with the alpha given."""
+    tensors, _ = _adapter(rng, names_style="mindformers")
+    full = dict(tensors, **{k: v for k, v in _base(rng).items()},
+                **{"adam_m.model.decoder.layers.0.mlp.linear_fc1.lora_A.weight": np.zeros((R, HIDDEN), np.float32)})
+    path = str(tmp_path / "mf.ckpt")
+    _files.write_checkpoint(full, path, "ckpt")
+    with pytest.raises(ValueError, match="lora_alpha"):
+        export_peft(path, str(tmp_path / "x"), model_config=HF_CONFIG)
+    config = export_peft(path, str(tmp_path / "peft"), lora_alpha=ALPHA, model_config=HF_CONFIG)
+    weights, _ = _files.read_checkpoint(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert config["modules_to_save"] is None and len(weights) == 2 * 7 * LAYERS
+    np.testing.assert_array_equal(weights["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"],
+                                  tensors["model.decoder.layers.1.mlp.linear_fc2.lora_B.weight"])
+
+
 def test_export_errors(tmp_path, rng):
     tensors, meta = _adapter(rng)
     with pytest.raises(ValueError, match="num_attention_heads.*--model-config"):
