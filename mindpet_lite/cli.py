@@ -87,7 +87,11 @@ def _add_merge(sub):
                        description="Merge (or --unmerge) a LoRA adapter into a base checkpoint, in float32, "
                                    "cast back to the base dtype. Without --adapter, --base is a MindFormers "
                                    "checkpoint holding base and LoRA weights, merged into a plain base.")
-    p.add_argument("--base", required=True, help="base checkpoint (.ckpt or .safetensors)")
+    p.add_argument("--base", required=True, help="base checkpoint (.ckpt or .safetensors), or a directory of rank_<N>/ "
+                   "parts with --base-strategy")
+    p.add_argument("--base-strategy", default=None,
+                   help="strategy file of a tensor-parallel base saved as rank_<N>/ parts: mindspore."
+                        "transform_checkpoints puts the full base together first")
     p.add_argument("--adapter", help="adapter file or HF PEFT directory (omit for a MindFormers full LoRA checkpoint)")
     p.add_argument("--out", required=True, help="output checkpoint (.ckpt or .safetensors); written atomically")
     p.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
@@ -104,13 +108,15 @@ def _add_merge(sub):
         if args.adapter is None:
             if args.unmerge:
                 raise ValueError("--unmerge needs --adapter")
+            if args.base_strategy:
+                raise ValueError("--base-strategy needs --adapter (gather a full LoRA checkpoint's parts first)")
             merged = merge.merge_full_checkpoint(args.base, args.out, args.format, args.scaling,
                                                  _alpha(args.lora_alpha), args.use_rslora, args.layout,
                                                  overwrite=args.overwrite)
         else:
             merged = merge.merge_checkpoint(args.base, args.adapter, args.out, args.format, args.scaling,
                                             args.layout, args.unmerge, _alpha(args.lora_alpha), args.use_rslora,
-                                            overwrite=args.overwrite)
+                                            overwrite=args.overwrite, base_strategy=args.base_strategy)
         print(f"{'unmerged' if args.unmerge else 'merged'}: {args.out} ({len(merged)} tensors)")
 
     p.set_defaults(func=_command("merge", work))
@@ -126,29 +132,67 @@ def _add_peft(sub):
     exp.add_argument("--base-model", default=None, help="base_model_name_or_path to record in the config")
     exp.add_argument("--lora-alpha", type=float, help="alpha, for adapters saved without metadata (an adapter "
                      "with metadata keeps its own; a different value is an error)")
+    exp.add_argument("--model-config", default=None,
+                     help="MindFormers mcore adapters: the model's config (HF config.json, a MindFormers run YAML or "
+                          "model_config) telling how linear_qkv / linear_fc1 fuse q/k/v and gate/up; default: the "
+                          "adapter's metadata")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
     imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA directory to an adapter file")
     imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+    imp.add_argument("--target", choices=["llama", "mcore"], default="llama",
+                     help="names of the adapter written: the built-in Llama's (default) or a MindFormers mcore "
+                          "model's (q/k/v and gate/up fused; needs --model-config)")
+    imp.add_argument("--model-config", default=None,
+                     help="with --target mcore: the model's config (HF config.json, a MindFormers run YAML or model_config)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
 
     def work_export(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
+        model_config = _checks.load_mapping(args.model_config, "--model-config") if args.model_config else None
         config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha),
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, model_config=model_config)
         print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
               f"target_modules={config['target_modules']})")
 
     def work_import(args):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
-        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite)
+        model_config = _checks.load_mapping(args.model_config, "--model-config") if args.model_config else None
+        tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite,
+                                         target=args.target, model_config=model_config)
         cfg = meta["pet_config"]
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
 
     exp.set_defaults(func=_command("export-peft", work_export))
     imp.set_defaults(func=_command("import-peft", work_import))
+
+
+def _add_gather(sub):
+    """`mindpet-lite gather ...`: per-rank adapter parts -> one adapter file."""
+    p = sub.add_parser("gather", help="combine the per-rank adapter files of a parallel run into one adapter",
+                       description="Combine rank_<N>/ adapter saves into one file: replicas checked equal, "
+                                   "tensor-parallel slices put together by mindspore.merge_sliced_parameter with "
+                                   "the run's strategy file or Megatron's split of the projections.")
+    p.add_argument("--src", required=True, help="directory holding rank_<N>/ folders (the newest matching file of each)")
+    p.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
+    p.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
+    p.add_argument("--pattern", default="*", help="file name pattern inside each rank folder (default: any)")
+    p.add_argument("--tensor-parallel", type=int, default=None,
+                   help="the run's tensor_model_parallel_size: column layers hold rows of B, row layers columns of A")
+    p.add_argument("--strategy-file", default=None, help="the run's strategy file (strategy_ckpt_save_file)")
+    p.add_argument("--atol", type=float, default=0.0, help="largest difference between replicas (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
+
+    def work(args):
+        from mindpet_lite.adapters import gather_sharded_adapter  # pylint: disable=import-outside-toplevel
+        _checks.check_number("--atol", args.atol, minimum=0)
+        meta = gather_sharded_adapter(args.src, args.out, args.format, args.pattern, args.atol, args.overwrite,
+                                      tensor_parallel=args.tensor_parallel, strategy_file=args.strategy_file)
+        print(f"gathered: {args.out}" + (f" ({meta['gathered_from']['ranks']} ranks)" if "gathered_from" in meta else ""))
+
+    p.set_defaults(func=_command("gather", work))
 
 
 def _add_convert_base(sub):
@@ -230,7 +274,7 @@ def build_parser():
                                                  "around it: data conversion, merge, Hugging Face PEFT export "
                                                  "and import, base checkpoint conversion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_finetune, _add_data, _add_merge, _add_peft, _add_convert_base, _add_generate):
+    for add in (_add_finetune, _add_data, _add_merge, _add_peft, _add_gather, _add_convert_base, _add_generate):
         add(sub)
     for subparser in sub.choices.values():
         subparser.epilog = EXIT_STATUS_HELP

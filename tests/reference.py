@@ -246,3 +246,29 @@ def sgd_update(params, grads, lr, clip=None):
         norm = np.sqrt(sum(float((g ** 2).sum()) for g in grads))
         grads = [g * clip / max(norm, clip) for g in grads]
     return [p - lr * g for p, g in zip(params, grads)]
+
+
+def mcore_split_qkv(w, num_heads, num_groups, head_dim, contiguous=False):
+    """q, k, v rows of a MindFormers mcore fused linear_qkv (weight or LoRA B), walked group by group:
+    interleaved = per query group [its q heads | its k head | its v head]; contiguous = [Q; K; V]."""
+    if contiguous:
+        q_end, k_end = num_heads * head_dim, (num_heads + num_groups) * head_dim
+        return w[:q_end], w[q_end:k_end], w[k_end:]
+    rep = num_heads // num_groups
+    q, k, v, pos = [], [], [], 0
+    for _ in range(num_groups):
+        q.append(w[pos:pos + rep * head_dim])
+        pos += rep * head_dim
+        k.append(w[pos:pos + head_dim])
+        pos += head_dim
+        v.append(w[pos:pos + head_dim])
+        pos += head_dim
+    return np.concatenate(q), np.concatenate(k), np.concatenate(v)
+
+
+def mcore_split_fc1(w, interleaved=True):
+    """gate, up rows of a MindFormers mcore fused linear_fc1: interleaved = alternate rows; else halves."""
+    if interleaved:
+        return w[0::2], w[1::2]
+    half = w.shape[0] // 2
+    return w[:half], w[half:]

@@ -1,10 +1,12 @@
 """Adapter files: save / load / read, merge into base weights, HF PEFT exchange, HF Llama conversion."""
 from mindpet_lite.adapters.convert import hf_to_mindspore, mindspore_to_hf
+from mindpet_lite.adapters.mcore import FusedLayout, layout_from_config
 from mindpet_lite.adapters.io import gather_sharded_adapter, load_adapter, read_adapter, save_adapter
 from mindpet_lite.adapters.metadata import adapter_scaling, base_fingerprint, lora_config, pet_config_from_metadata
 from mindpet_lite.adapters.merge import (
     merge_adapter,
     merge_checkpoint,
+    full_base_from_ranks,
     merge_full_checkpoint,
     merge_weights,
     unmerge_checkpoint,
@@ -26,6 +28,9 @@ __all__ = [
     "merge_checkpoint",
     "unmerge_checkpoint",
     "merge_full_checkpoint",
+    "full_base_from_ranks",
+    "FusedLayout",
+    "layout_from_config",
     "export_peft",
     "import_peft",
     "hf_to_mindspore",

@@ -15,6 +15,13 @@
 * DoRA adapters (a ``mindpet_delta_lora_magnitude`` m per pair) merge to W' = m / ‖W + s·B·A‖_row ⊙
   (W + s·B·A), the row norms taken over the [out, in] weight whatever the layout; they cannot be
   unmerged from a checkpoint (W' no longer tells the norms; a LoRADense keeps them for its unmerge).
+* MindFormers mcore bases (``model.decoder.layers.N.self_attention.linear_qkv.weight``, fused q/k/v rows;
+  ``mlp.linear_fc1.weight``, fused gate/up rows; ``linear_proj``, ``linear_fc2``) merge like any other: a
+  LoRA pair trained on a fused layer is a pair of the whole fused weight [out, in], so W' = W + s·B·A
+  holds for every row whatever the fused layout (``adapters/mcore.py``).
+* A base saved as ``rank_<N>/`` parts of a tensor-parallel run (``base`` a directory) is first made one
+  full checkpoint by MindSpore's own ``mindspore.transform_checkpoints`` with the run's strategy file
+  (``base_strategy``, ``--base-strategy``; destination strategy None = unsliced), then merged.
 * Adapter tensors that are not LoRA pairs (parameters ``freeze_exclude`` left trainable) replace the
   base values when merging; unmerge cannot restore those and refuses.
 
@@ -22,7 +29,10 @@ Everything is checked before anything is written; outputs are written atomically
 """
 import logging
 import math
+import os
+import tempfile
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
@@ -40,7 +50,7 @@ from mindpet_lite.graph.freeze import lora_cells
 logger = logging.getLogger(__name__)
 
 __all__ = ["merge_weights", "merge_checkpoint", "unmerge_checkpoint", "merge_full_checkpoint", "merge_adapter",
-           "LAYOUTS"]
+           "full_base_from_ranks", "LAYOUTS"]
 
 LAYOUTS = ("auto", "out_in", "in_out")
 
@@ -65,10 +75,41 @@ def _as_adapter(adapter):
                     f"got {_checks.describe(adapter)}")
 
 
-def _as_base(base):
+def _as_base(base, base_strategy=None):
+    if isinstance(base, str) and (os.path.isdir(base) or base_strategy is not None):
+        return full_base_from_ranks(base, base_strategy)
     if isinstance(base, str):
         return _files.read_checkpoint(base)[0]
     return _files.to_numpy_dict(base, "base")
+
+
+def full_base_from_ranks(src, strategy_file):
+    """``{name: array}`` of the whole base that a tensor-parallel run saved as ``src/rank_<N>/*.ckpt``
+    (or .safetensors), put together by ``mindspore.transform_checkpoints`` with the run's strategy file
+    (the newest file per rank is not chosen here: MindSpore takes each rank folder's last file in
+    lexicographic order)."""
+    _checks.check_str("base", src)
+    if not os.path.isdir(src) or not _files.rank_folders(src):
+        raise NotADirectoryError(f"base {src} must be a directory of rank_<N>/ folders to use a strategy file")
+    if strategy_file is None:
+        raise ValueError(f"base {src} is a directory of rank parts: pass base_strategy= (--base-strategy), the "
+                         "strategy file the run saved, to put them together with mindspore.transform_checkpoints")
+    _checks.check_str("base_strategy", strategy_file)
+    if not os.path.isfile(strategy_file):
+        raise FileNotFoundError(f"base_strategy {strategy_file} is not a file")
+    found = [f for _, folder in _files.rank_folders(src) for f in _files.checkpoint_files_in(folder)]
+    fmt = "safetensors" if found and all(f.endswith(".safetensors") for f in found) else "ckpt"
+    with tempfile.TemporaryDirectory(prefix="mindpet_lite_base_") as tmp:
+        try:
+            ms.transform_checkpoints(src, tmp, "base", strategy_file, None, output_format=fmt)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"mindspore.transform_checkpoints could not put {src} together with {strategy_file}: "
+                             f"{err}") from err
+        outputs = _files.checkpoint_files_in(os.path.join(tmp, "rank_0"))
+        if len(outputs) != 1:
+            raise RuntimeError(f"mindspore.transform_checkpoints wrote {len(outputs)} files for rank 0, expected one")
+        logger.info("merge: %s put together by mindspore.transform_checkpoints (%s)", src, strategy_file)
+        return _files.read_checkpoint(outputs[0])[0]
 
 
 def _scale_for(meta, scaling, lora_alpha=None, use_rslora=False):
@@ -135,11 +176,13 @@ def _resolve_layouts(plan, layout, recorded=None):
     return decided
 
 
-def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lora_alpha=None, use_rslora=False):
+def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lora_alpha=None, use_rslora=False,  # pylint: disable=too-many-arguments
+                  base_strategy=None):
     """Merge (or unmerge) an adapter into a dict of base weights, in memory.
 
     Args:
-        base: ``{name: array/Tensor}`` or a checkpoint path.
+        base: ``{name: array/Tensor}``, a checkpoint path, or a directory of ``rank_<N>/`` parts (with
+            ``base_strategy``).
         adapter: a path, a ``(tensors, metadata)`` pair (as :func:`read_adapter` returns) or a dict of
             tensors (then ``scaling`` or ``lora_alpha`` is required).
         scaling: overrides the metadata's s.
@@ -147,6 +190,7 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
         unmerge: subtract instead of add.
         lora_alpha, use_rslora: give s as alpha / r per pair (r read from the shapes) when there is no
             metadata and no scaling.
+        base_strategy: the strategy file of a base saved as rank parts (:func:`full_base_from_ranks`).
 
     Returns:
         A new ``{name: numpy array}`` with every base entry; merged weights keep their dtype.
@@ -155,8 +199,8 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
         ValueError: a LoRA pair without base weight (named), shapes that do not fit, unknown scaling,
             an ambiguous layout, extras on unmerge.
     """
-    weights = _as_base(base)
     tensors, meta = _as_adapter(adapter)
+    weights = _as_base(base, base_strategy)
     magnitudes, rest = split_magnitudes(tensors)
     pairs, extras = split_lora_pairs(rest)
     _check_magnitudes(magnitudes, pairs, unmerge)
@@ -225,14 +269,14 @@ def _check_magnitudes(magnitudes, pairs, unmerge):
 
 
 def merge_checkpoint(base, adapter, out=None, format=None, scaling=None, layout="auto", unmerge=False,  # pylint: disable=redefined-builtin
-                     lora_alpha=None, use_rslora=False, overwrite=False):
+                     lora_alpha=None, use_rslora=False, overwrite=False, base_strategy=None):
     """:func:`merge_weights`, then write ``out`` (.ckpt / .safetensors, atomically) if given: never onto
     ``base`` or ``adapter``, onto an existing file only with ``overwrite=True``.
     Returns the merged ``{name: numpy array}``."""
     if out is not None:
         _files.check_output_path(out, format)
-        _files.check_new_output(out, [base, adapter], overwrite)
-    merged = merge_weights(base, adapter, scaling, layout, unmerge, lora_alpha, use_rslora)
+        _files.check_new_output(out, [base, adapter, base_strategy], overwrite)
+    merged = merge_weights(base, adapter, scaling, layout, unmerge, lora_alpha, use_rslora, base_strategy)
     if out is not None:
         _files.write_checkpoint(merged, out, format)
     return merged

@@ -11,6 +11,11 @@ safetensors header entry ``mindpet_lite``)::
 A PiSSA / OLoRA adapter, saved as a rank-2r plain LoRA of the original base (``adapters.mutated_init``),
 also records ``"converted_from": {"init_lora_weights", "lora_rank", "lora_alpha"}`` of its training run.
 
+An adapter of a MindFormers mcore model (``...decoder.layers.N.self_attention.linear_qkv``) also records
+``"mcore_layout": {"num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size", "qkv",
+"fc1"}`` from the model's config: how its fused linear_qkv / linear_fc1 pack q/k/v and gate/up rows
+(``adapters/mcore.py``), which export to Hugging Face PEFT needs.
+
 ``weight_layout`` says how the adapted layers store W ([out, in] for nn.Dense, [in, out] for a
 MindFormers Linear with ``transpose_b=False``), which merging into a checkpoint needs for square W.
 
@@ -37,7 +42,8 @@ from mindspore import nn
 
 from mindpet_lite import _checks, _files
 from mindpet_lite._version import __version__
-from mindpet_lite.adapters.names import LORA_MARK
+from mindpet_lite.adapters.mcore import layout_from_config
+from mindpet_lite.adapters.names import LORA_MARK, is_mcore_module
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
@@ -84,6 +90,22 @@ def weight_layout(net):
     it: square weights do not tell their layout by their shape."""
     layouts = {"out_in" if getattr(cell, "transpose_b", True) else "in_out" for cell in lora_cells(net).values()}
     return layouts.pop() if len(layouts) == 1 else None
+
+
+def mcore_layout(net, tensors):
+    """The ``mcore_layout`` entry of an adapter of an mcore model (its fused layers' geometry, from
+    ``net.config``), or None for other networks or a config that does not tell the heads."""
+    fused = [n for n in tensors if is_mcore_module(n.rpartition(".")[0])
+             and n.rpartition(".")[0].rsplit(".", 1)[-1] in ("linear_qkv", "linear_fc1")]
+    config = getattr(net, "config", None)
+    if not fused or config is None:
+        return None
+    try:
+        layout = layout_from_config(config)
+    except (TypeError, ValueError) as err:
+        logger.info("save_adapter: the model config does not describe the fused layers (%s): no mcore_layout", err)
+        return None
+    return layout.to_dict() if layout.num_attention_heads else None
 
 
 def is_ours(meta):

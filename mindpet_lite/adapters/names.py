@@ -17,6 +17,26 @@
     model.norm.weight                              <-> model.norm_out.weight
     lm_head.weight                                 <-> lm_head.weight
 
+* MindFormers mcore models (Qwen3, the mcore GPT / Llama, ...: ``model.decoder.layers.N...``) <->
+  Hugging Face Qwen3 / Llama (the fused projections' row layouts are ``adapters/mcore.py``'s)::
+
+    model.embedding.word_embeddings.weight                 <-> model.embed_tokens.weight
+    model.decoder.layers.N.self_attention.linear_qkv       <-> model.layers.N.self_attn.{q,k,v}_proj (fused rows)
+    model.decoder.layers.N.self_attention.linear_proj      <-> model.layers.N.self_attn.o_proj
+    model.decoder.layers.N.self_attention.{q,k}_layernorm  <-> model.layers.N.self_attn.{q,k}_norm
+    model.decoder.layers.N.mlp.linear_fc1                  <-> model.layers.N.mlp.{gate,up}_proj (fused rows)
+    model.decoder.layers.N.mlp.linear_fc2                  <-> model.layers.N.mlp.down_proj
+    model.decoder.layers.N.input_layernorm                 <-> model.layers.N.input_layernorm
+    model.decoder.layers.N.pre_mlp_layernorm               <-> model.layers.N.post_attention_layernorm
+    model.decoder.final_layernorm                          <-> model.norm
+    model.output_layer                                     <-> lm_head
+
+  MindFormers' own mcore LoRA layers (``ColumnParallelLinearWithLoRA`` / ``RowParallelLinearWithLoRA``)
+  hold ``X.lora_A.weight`` / ``X.lora_B.weight`` (sub-cells ``lora_A`` / ``lora_B``), read as ours above.
+* Tensor-parallel split of each projection (Megatron's): column-parallel layers (``linear_qkv``,
+  ``linear_fc1``; the built-in Llama's ``wq/wk/wv/w1/w3``) split W and LoRA B by output rows and keep A
+  whole; row-parallel layers (``linear_proj``, ``linear_fc2``; ``wo``, ``w2``) split W and A by input
+  columns and keep B whole (:func:`parallel_kind`).
 * Training state that MindSpore / MindFormers write beside the weights (optimizer moments, step
   counters, loss scale): never model or adapter weights.
 """
@@ -57,6 +77,28 @@ _TOP_MODULES = (("model.embed_tokens", "model.tok_embeddings"), ("model.norm", "
 _LEAF = {("model.embed_tokens", "model.tok_embeddings"): ("weight", "embedding_weight")}
 # Hugging Face buffers that some checkpoints carry and the built-in model computes itself
 HF_SKIP = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+# mcore module paths inside decoder.layers.N: (mcore, Hugging Face modules in fused-row order)
+_MCORE_LAYER_MODULES = (
+    ("self_attention.linear_qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("self_attention.linear_proj", ("self_attn.o_proj",)),
+    ("self_attention.q_layernorm", ("self_attn.q_norm",)),
+    ("self_attention.k_layernorm", ("self_attn.k_norm",)),
+    ("mlp.linear_fc1", ("mlp.gate_proj", "mlp.up_proj")),
+    ("mlp.linear_fc2", ("mlp.down_proj",)),
+    ("input_layernorm", ("input_layernorm",)),
+    ("pre_mlp_layernorm", ("post_attention_layernorm",)),
+)
+_MCORE_TOP_MODULES = (("embedding.word_embeddings", "model.embed_tokens"), ("decoder.final_layernorm", "model.norm"),
+                      ("output_layer", "lm_head"))
+MCORE_RE = re.compile(r"^(?P<prefix>(?:.+\.)?)(?P<path>decoder\.layers\.(?P<n>\d+)\.(?P<rest>.+)|"
+                      r"embedding\.word_embeddings|decoder\.final_layernorm|output_layer)$")
+MCORE_PREFIX = "model."  # TrainingQwen3ForCausalLM (and the other mcore models) hold the GPTModel as ``model``
+_PARALLEL_KIND = {"linear_qkv": "column", "linear_fc1": "column", "linear_proj": "row", "linear_fc2": "row",
+                  "wq": "column", "wk": "column", "wv": "column", "w1": "column", "w3": "column",
+                  "wo": "row", "w2": "row",
+                  "q_proj": "column", "k_proj": "column", "v_proj": "column", "gate_proj": "column",
+                  "up_proj": "column", "o_proj": "row", "down_proj": "row"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +233,50 @@ def hf_alternative(name):
         mapped = hf_module_to_mindspore(module)
         return f"{mapped}.{leaf}" if mapped else None
     return hf_name_to_mindspore(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# MindFormers mcore <-> Hugging Face Qwen3 / Llama
+# ------------------------------------------------------------------------------------------------
+def is_mcore_module(path):
+    """True for a module path of a MindFormers mcore model (``...decoder.layers.N.X``, its embedding,
+    final norm or output layer)."""
+    return MCORE_RE.match(path) is not None
+
+
+def mcore_module_to_hf(path):
+    """``model.decoder.layers.0.self_attention.linear_qkv`` -> ``("model.layers.0.self_attn.q_proj",
+    "...k_proj", "...v_proj")`` (the HF modules in fused-row order; one for an unfused module), or None."""
+    match = MCORE_RE.match(path)
+    if match is None:
+        return None
+    if match.group("n") is None:
+        return (dict(_MCORE_TOP_MODULES)[match.group("path")],)
+    for mcore, hf in _MCORE_LAYER_MODULES:
+        if match.group("rest") == mcore:
+            return tuple(f"model.layers.{match.group('n')}.{m}" for m in hf)
+    return None
+
+
+def hf_module_to_mcore(path, prefix=MCORE_PREFIX):
+    """``model.layers.0.self_attn.k_proj`` -> ``("model.decoder.layers.0.self_attention.linear_qkv", 1)``:
+    the mcore module and the part's index in its fused rows (0 for an unfused module), or None."""
+    match = LAYER_RE.match(path)
+    if match:
+        for mcore, hf in _MCORE_LAYER_MODULES:
+            if match.group(2) in hf:
+                return f"{prefix}decoder.layers.{match.group(1)}.{mcore}", hf.index(match.group(2))
+        return None
+    for mcore, hf in _MCORE_TOP_MODULES:
+        if path == hf:
+            return f"{prefix}{mcore}", 0
+    return None
+
+
+def parallel_kind(module):
+    """'column' or 'row': how tensor parallelism splits the projection ``module`` (by its leaf name),
+    None for a module that is not a known projection."""
+    return _PARALLEL_KIND.get(module.rsplit(".", 1)[-1])
 
 
 # ------------------------------------------------------------------------------------------------

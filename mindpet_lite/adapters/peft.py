@@ -24,6 +24,13 @@ PiSSA / OLoRA adapter was already saved as plain LoRA of the original base (``ad
 a PEFT adapter whose config still says pissa / olora / corda / loftq is relative to a changed base
 and is refused on import (save it with PEFT's ``path_initial_model_for_weight_conversion``).
 
+MindFormers mcore adapters (``model.decoder.layers.N.self_attention.linear_qkv``, ``mlp.linear_fc1``, ...;
+``names.py`` has the table) export to Hugging Face Qwen3 / Llama module names: a fused ``linear_qkv``
+pair becomes q_proj / k_proj / v_proj, each with the shared A and its rows of B under the model's fused
+layout (``adapters/mcore.py``: MindFormers' interleaved-per-group default or contiguous), ``linear_fc1``
+becomes gate_proj / up_proj likewise; the layout comes from the adapter's ``mcore_layout`` metadata or
+the model config given (``--model-config``: a HF config.json, a MindFormers model_config or run YAML).
+
 Import refuses what a LoRADense cannot hold: LoRA biases, embedding LoRA, ``fan_in_fan_out``, and other
 PEFT types.
 """
@@ -37,6 +44,7 @@ import numpy as np
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters import names
+from mindpet_lite.adapters import peft_mcore as _peft_mcore
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
@@ -90,7 +98,8 @@ def _target_modules(hf_modules, lora_config):
     return "^(?:" + "|".join(re.escape(p) for p in sorted(hf_modules)) + ")$"
 
 
-def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False):
+def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False,  # pylint: disable=too-many-arguments
+                model_config=None):
     """Write a Hugging Face PEFT LoRA directory from an adapter.
 
     Args:
@@ -100,13 +109,16 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         base_model_name_or_path: recorded in the config (None: pass the base model to PeftModel yourself).
         lora_alpha, use_rslora: for adapters without metadata (MindFormers files); an adapter with
             metadata keeps its own, and a different value is an error.
+        model_config: for an mcore adapter, the model config that tells the fused layouts (a dict: HF
+            config.json, MindFormers model_config, a run YAML; see ``mcore.layout_from_config``); None:
+            the adapter's ``mcore_layout`` metadata (MindFormers' default layouts when it has none).
 
     Returns:
         The adapter_config dict written.
 
     Raises:
         ValueError: a LoRA module that is not a Llama projection, ranks that differ per module, an
-            unknown alpha; ``out_dir`` a file.
+            unknown alpha, an mcore fused layer whose rows do not fit the model config; ``out_dir`` a file.
     """
     _checks.check_str("out_dir", out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -122,6 +134,12 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
     _check_override(lora_config, lora_alpha, use_rslora)
+    if not _meta.is_ours(meta):  # a MindFormers checkpoint also holds base weights and optimizer states
+        dropped = [k for k in tensors if not names.is_lora_name(k)]
+        tensors = {k: v for k, v in tensors.items() if names.is_lora_name(k)}
+        if dropped:
+            logger.info("export_peft: ignoring %d non-LoRA entries of a file without mindpet_lite metadata (base "
+                        "weights, optimizer states)", len(dropped))
     _checks.check_finite_arrays("the adapter", tensors)
     magnitudes, rest = names.split_magnitudes(tensors)
     pairs, extras = names.split_lora_pairs(rest)
@@ -139,29 +157,38 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         rslora = _checks.check_bool("use_rslora", use_rslora)
 
+    layout = _peft_mcore.fused_layout(pairs, extras, meta, model_config)
     out, unknown, hf_modules, rank_pattern, alpha_pattern = {}, [], [], {}, {}
     for module, (a, b) in sorted(pairs.items()):
-        hf = _hf_module(module)
-        if hf is None:
+        parts = _peft_mcore.hf_parts(module, b.shape[0], layout)
+        if parts is None:
             unknown.append(module)
             continue
-        hf_modules.append(hf)
-        if a.shape[0] != rank:  # per-layer values as PEFT keys: the HF module path (PEFT's suffix rule)
-            rank_pattern[hf] = int(a.shape[0])
-        if lora_config is not None and lora_config.alpha_for(module) != alpha:
-            alpha_pattern[hf] = lora_config.alpha_for(module)
-        out[f"{_PREFIX}{hf}.lora_A.weight"] = a
-        out[f"{_PREFIX}{hf}.lora_B.weight"] = b
-        if module in magnitudes:
-            out[f"{_PREFIX}{hf}.lora_magnitude_vector"] = magnitudes[module]
+        for hf, rows in parts:
+            hf_modules.append(hf)
+            if a.shape[0] != rank:  # per-layer values as PEFT keys: the HF module path (PEFT's suffix rule)
+                rank_pattern[hf] = int(a.shape[0])
+            if lora_config is not None and lora_config.alpha_for(module) != alpha:
+                alpha_pattern[hf] = lora_config.alpha_for(module)
+            out[f"{_PREFIX}{hf}.lora_A.weight"] = a
+            out[f"{_PREFIX}{hf}.lora_B.weight"] = b[rows]
+            if module in magnitudes:
+                out[f"{_PREFIX}{hf}.lora_magnitude_vector"] = magnitudes[module][rows]
     to_save = []
     for name, array in sorted(extras.items()):
-        hf = _hf_param(name)
-        if hf is None:
-            unknown.append(name)
-            continue
-        out[f"{_PREFIX}{hf}"] = array
-        to_save.append(hf.rsplit(".", 1)[0])
+        module, _, leaf = name.rpartition(".")
+        parts = (_peft_mcore.hf_parts(module, array.shape[0] if array.ndim else 0, layout)
+                 if layout is not None else None)
+        if parts is None:
+            hf = _hf_param(name)
+            if hf is None:
+                unknown.append(name)
+                continue
+            parts = [(hf.rsplit(".", 1)[0], slice(None))]
+            leaf = hf.rsplit(".", 1)[1]
+        for hf_module, rows in parts:
+            out[f"{_PREFIX}{hf_module}.{leaf}"] = array[rows]
+            to_save.append(hf_module)
     if unknown:
         raise ValueError(f"{len(unknown)} adapter entries have no Hugging Face Llama counterpart: "
                          f"{_checks.short_list(unknown)}")
@@ -365,14 +392,20 @@ def _jsonable(value):
         return False
 
 
-def import_peft(peft_dir, out=None, format=None, overwrite=False):  # pylint: disable=redefined-builtin
+def import_peft(peft_dir, out=None, format=None, overwrite=False, target="llama", model_config=None):  # pylint: disable=redefined-builtin,too-many-arguments
     """Convert a PEFT LoRA directory to an adapter file (``out``, .ckpt / .safetensors) that
-    :func:`load_adapter` puts on the built-in Llama. Returns ``(tensors, metadata)``. ``out`` is never
-    inside ``peft_dir``; an existing ``out`` needs ``overwrite=True``."""
+    :func:`load_adapter` puts on the built-in Llama (``target='llama'``) or on a MindFormers mcore model
+    (``target='mcore'``, with ``model_config``: its fused layout; see ``peft_mcore.to_mcore``). Returns
+    ``(tensors, metadata)``. ``out`` is never inside ``peft_dir``; an existing ``out`` needs ``overwrite=True``."""
+    _checks.check_choice("target", target, ("llama", "mcore"))
+    if target == "llama" and model_config is not None:
+        raise ValueError("model_config is for target='mcore' (the fused layout of the mcore model)")
     if out is not None:
         _files.check_output_path(out, format)
         _files.check_new_output(out, [peft_dir], overwrite)
     tensors, meta = read_peft_adapter(peft_dir)
+    if target == "mcore":
+        tensors, meta = _peft_mcore.to_mcore(tensors, meta, model_config)
     if out is not None:
         _meta.write_adapter_file({k: np.asarray(v) for k, v in tensors.items()}, out, meta, format)
         logger.info("import_peft: %s -> %s (%d tensors)", peft_dir, out, len(tensors))
