@@ -7,18 +7,20 @@ import types
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindpet_lite.adapters import load_adapter, save_adapter
+from mindpet_lite.adapters import export_peft, load_adapter, merge_checkpoint, save_adapter
 from mindpet_lite.delta.lora import LoRADense
 from mindpet_lite.integrations import mcore
 from mindpet_lite.integrations.mcore import (CPU_PARALLEL_ERROR, LoRAColumnParallelLinear, LoRARowParallelLinear,
                                              tensor_parallel_strategies)
 from mindpet_lite.integrations.mindformers import use_mindpet_lite
 from mindpet_lite.pet import get_pet_model
-from tests.reference import dora_forward, lora_forward, lora_grads, merged_weight, tp_lora_forward
+from tests.reference import (dora_forward, lora_forward, lora_grads, mcore_split_qkv, merged_weight,
+                             tp_lora_forward)
 
 TARGETS = ".*linear_qkv|.*linear_proj|.*linear_fc1|.*linear_fc2"
 PET = {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": TARGETS}
@@ -200,6 +202,40 @@ def test_adapter_of_an_mcore_model_saves_and_loads(mf, models, tmp_path):
     load_adapter(net, path)
     for name, p in lora.items():
         np.testing.assert_array_equal(p.asnumpy(), values[name])
+
+
+def test_qwen3_adapter_merges_into_its_base_and_exports_to_peft_in_one_line(models, tmp_path):
+    """End to end on the real model: get_pet_model -> save_adapter -> merge_checkpoint into the
+    network's own base checkpoint (W + s.B.A by numpy) -> export_peft with the fused layout taken from
+    the adapter's metadata (q/k/v rows of B by the numpy de-interleaver)."""
+    net = models["qwen3"].net
+    rng = np.random.default_rng(11)
+    lora = {p.name: p for p in net.get_parameters() if "mindpet_delta_lora_" in p.name}
+    for p in lora.values():
+        p.set_data(Tensor((0.1 * rng.standard_normal(p.shape)).astype(np.float32)))
+    base_path, adapter_path = str(tmp_path / "base.ckpt"), str(tmp_path / "lora.safetensors")
+    ms.save_checkpoint([{"name": p.name, "data": p} for p in net.get_parameters() if p.name not in lora], base_path)
+    save_adapter(net, adapter_path)
+    merged_path = str(tmp_path / "merged.ckpt")
+    merge_checkpoint(base_path, adapter_path, merged_path)
+    merged = {k: v.asnumpy() for k, v in ms.load_checkpoint(merged_path).items()}
+    s = PET["lora_alpha"] / PET["lora_rank"]
+    cells = [c for _, c in net.cells_and_names() if isinstance(c, LoRADense)]
+    assert len(cells) == 4 * NUM_LAYERS
+    for cell in cells:
+        prefix = cell.weight.name[: -len(".weight")]
+        a, b = lora[prefix + ".mindpet_delta_lora_a"].asnumpy(), lora[prefix + ".mindpet_delta_lora_b"].asnumpy()
+        np.testing.assert_allclose(merged[cell.weight.name], cell.weight.asnumpy() + s * b @ a, atol=1e-6, rtol=0)
+    config = export_peft(adapter_path, str(tmp_path / "peft"))
+    assert sorted(config["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+                                                "up_proj", "v_proj"]
+    with safe_open(str(tmp_path / "peft" / "adapter_model.safetensors"), "np") as f:
+        peft = {k: f.get_tensor(k) for k in f.keys()}
+    b_qkv = lora["decoder.layers.1.self_attention.linear_qkv.mindpet_delta_lora_b"].asnumpy()
+    parts = mcore_split_qkv(b_qkv, num_heads=4, num_groups=2, head_dim=8)
+    for proj, want in zip(("q_proj", "k_proj", "v_proj"), parts):
+        key = f"base_model.model.model.layers.1.self_attn.{proj}.lora_B.weight"
+        np.testing.assert_array_equal(peft[key], want)
 
 
 # ---- the layers alone ----------------------------------------------------------------------------
