@@ -311,6 +311,20 @@ def merge_full_checkpoint(src, out=None, format=None, scaling=None, lora_alpha=N
     return merged
 
 
+def _check_cells_mergeable(cells):
+    """Refuse before the first cell is merged: a cell without its own weight (a tied mcore output layer,
+    the weight comes with the call) or with non-finite factors would otherwise stop the loop half way,
+    leaving some layers merged and others not."""
+    for path, cell in cells.items():
+        if getattr(cell, "weight", None) is None:
+            raise ValueError(f"{path} has no weight of its own (a tied layer: the weight comes with the call), so "
+                             "the network cannot be merged in place; merge the checkpoints instead (merge_checkpoint)")
+        if not cell.merged:
+            for name, param in cell.parameters_and_names():
+                if name.rsplit(".", 1)[-1].startswith(LORA_MARK) and not np.isfinite(param.asnumpy()).all():
+                    raise ValueError(f"{path}: {name} holds NaN / Inf; nothing was merged")
+
+
 def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None, layout="auto", strict=True,  # pylint: disable=redefined-builtin
                   overwrite=False, adapter_name=None):
     """Merge an adapter into a network or a base checkpoint.
@@ -336,6 +350,7 @@ def merge_adapter(net_or_base, adapter=None, scaling=None, out=None, format=None
                                  "merge the checkpoint instead")
             if adapter is not None:
                 load_adapter(net, adapter, strict=strict)
+            _check_cells_mergeable(cells)
             for cell in cells.values():
                 cell.merge()
             logger.info("merge_adapter: merged %d LoRA cells", len(cells))

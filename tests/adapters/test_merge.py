@@ -181,6 +181,19 @@ def test_merge_adapter_loads_then_merges_lora_cells(tmp_path):
     assert plain.body.fc1.merged
 
 
+def test_merge_adapter_refuses_before_the_first_cell_is_merged():
+    """NaN in the second cell's B: nothing is merged (the first cell's weight unchanged), the message names it."""
+    net = small_net()
+    w1 = net.body.fc1.weight.asnumpy().copy()
+    b2 = net.body.fc2.mindpet_delta_lora_b.asnumpy().copy()
+    b2[0, 0] = np.nan
+    net.body.fc2.mindpet_delta_lora_b.set_data(Tensor(b2))
+    with pytest.raises(ValueError, match="fc2.*NaN / Inf; nothing was merged"):
+        merge_adapter(net)
+    assert not net.body.fc1.merged and not net.body.fc2.merged
+    np.testing.assert_array_equal(net.body.fc1.weight.asnumpy(), w1)
+
+
 def test_llama_merged_logits_equal_adapted(tmp_path):
     net = tiny_llama(seed=0)
     randomize(net, seed=1, scale=0.05, names=(B,))
