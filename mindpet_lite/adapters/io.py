@@ -23,7 +23,7 @@ from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
-from mindpet_lite.graph.adapters import extra_adapter_params
+from mindpet_lite.graph.adapters import extra_adapter_params, first_adapter_cells
 from mindpet_lite.graph.freeze import get_adapter_params, lora_cells
 from mindpet_lite.pet.model import plan_lora
 
@@ -40,7 +40,7 @@ def adapter_parameters(net):
     (other named adapters' factors are not part of it)."""
     if not isinstance(net, nn.Cell):
         raise TypeError(f"net must be a mindspore.nn.Cell, got {_checks.describe(net)}")
-    lora = get_adapter_params(net)
+    lora = _first_adapter_params(net)
     named = extra_adapter_params(net)
     return {name: p for name, p in net.parameters_and_names()
             if name in lora or (p.requires_grad and name not in named)}
@@ -175,8 +175,8 @@ def load_adapter(net, path, strict=True, adapter_name=None):
             raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
     plan = _plan_from_file(net, meta)
     if plan is None:
-        params, cells = dict(net.parameters_and_names()), lora_cells(net)
-        held = set(get_adapter_params(net)) | set(_saved_params(net))
+        params, cells = dict(net.parameters_and_names()), first_adapter_cells(net)
+        held = set(_first_adapter_params(net)) | set(_saved_params(net))
     else:  # a plain network: the LoRA cells the file's pet_config describes, checked before they go in
         params, cells = plan.parameters(), plan.lora_cells()
         ids = {id(p) for cell in cells.values() for p in cell.adapter_parameters().values()}
@@ -264,6 +264,12 @@ def _check_same_base(net, meta, path, strict):
     if strict:
         raise ValueError(text + "; pass strict=False to load anyway")
     logger.warning("load_adapter (strict=False): %s", text)
+
+
+def _first_adapter_params(net):
+    """get_adapter_params without the placeholders of cells added for named adapters."""
+    ids = {id(p) for cell in first_adapter_cells(net).values() for p in cell.adapter_parameters().values()}
+    return {name: p for name, p in get_adapter_params(net).items() if id(p) in ids}
 
 
 def _saved_params(net):
