@@ -141,15 +141,22 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     network's by a prefix when the match is unique.
 
     Args:
-        net (nn.Cell): the LoRA network (same targets, rank and scaling as the adapter).
+        net (nn.Cell): the LoRA network (same targets, rank and scaling as the adapter), or a network
+            without LoRA cells: then the file's own pet_config (its metadata, or a PEFT directory's
+            adapter_config.json) is applied first, as ``get_pet_model`` does (DoRA, rank / alpha
+            patterns, layers_to_transform, modules_to_save; a PiSSA / OLoRA start is built plain: the
+            factors are loaded), checked against the file before the network changes (PEFT's
+            ``PeftModel.from_pretrained(base, path)``).
         path (str): the adapter file or PEFT directory.
         strict (bool): True: every adapter key must match a parameter and every LoRA parameter of the
             network must be in the adapter; the base fingerprint and the scaling must agree.
             False: missing / unexpected keys and fingerprint or scaling differences are logged.
             Shape mismatches are errors either way.
         adapter_name (str): add the file as a new named adapter beside the ones the network holds
-            (``adapters/named.py``: its own rank and alpha; the network needs a LoRADense at every layer
-            it targets). None or "default": assign the first adapter, as always.
+            (``adapters/named.py``: its own rank and alpha; a layer it targets without a LoRADense gets
+            one, where the other adapters add nothing; on a network without LoRA cells the network is
+            frozen and this adapter made active, as PEFT's ``from_pretrained(..., adapter_name=)``).
+            None or "default": assign the first adapter, as always.
 
     Returns:
         The adapter's metadata dict (``{}`` for files without one).

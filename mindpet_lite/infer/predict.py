@@ -1,7 +1,7 @@
 """Predict mode: prompts in, one JSON line per prompt out (``run_mode: predict``, MindFormers' flags).
 
     python -m mindpet_lite.run --config RUN.yaml --run_mode predict --predict_data "text" | FILE \\
-        --load_checkpoint BASE --adapter ADAPTER
+        --load_checkpoint BASE --adapter ADAPTER [--adapter NAME=ADAPTER ...]
 
 One straight line, each step a function: :func:`read_prompts` (``input_data`` / ``--predict_data``: the
 text itself, or a file of prompts), :func:`load_predictor` (RunConfig -> the built model with its base
@@ -20,6 +20,12 @@ tokens, MindFormers' meaning) or ``max_new_tokens`` (wins when both are given), 
 (default: the tokenizer's); the draws are seeded with the run's ``seed``. The tokenizer is the one
 ``processor.tokenizer.vocab_file`` names (a SentencePiece ``.model``), else the built-in byte tokenizer,
 the one the demo data is made with. Prompts are encoded as the data converter encodes them: bos first.
+
+Several adapters: ``--adapter PATH`` is the first ('default'), ``--adapter NAME=PATH`` (repeated) adds
+named ones side by side (:func:`load_adapters`); a ``{"prompt": ..., "adapter": NAME}`` line of a
+.jsonl picks its row's adapter (``"__base__"``: the base model; absent: 'default', else the first
+NAME=PATH), the rows of one batch running different adapters in one forward (generate's
+``adapter_names``).
 """
 import glob
 import json
