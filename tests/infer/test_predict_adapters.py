@@ -10,7 +10,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor
 
-from mindpet_lite.adapters import load_adapter, save_adapter
+from mindpet_lite.adapters import export_peft, load_adapter, save_adapter
 from mindpet_lite.cli import main as cli_main
 from mindpet_lite.data import ByteTokenizer
 from mindpet_lite.models import LlamaForCausalLM
@@ -83,6 +83,17 @@ def test_predict_jsonl_rows_pick_their_adapter_in_one_batch(files, tmp_path):
     want = _api_tokens(files, [("a", files["a"]), ("b", files["b"])], PROMPTS, names)
     assert [r["tokens"] for r in records] == want
     assert len({tuple(t) for t in want[:3]}) == 3  # three adapters, three different answers
+
+
+def test_predict_takes_a_peft_directory_as_an_adapter(files, tmp_path):
+    peft_dir = str(tmp_path / "peft_b")
+    export_peft(files["b"], peft_dir)
+    out = str(tmp_path / "out")
+    assert run_main(_predict_argv(files, PROMPTS[0], out, f"b={peft_dir}")) == 0
+    with open(os.path.join(out, "predictions.jsonl"), encoding="utf-8") as f:
+        record = json.loads(f.readline())
+    assert record["tokens"] == _api_tokens(files, [("b", files["b"])], PROMPTS[:1], None)[0]
+    assert run_main(_predict_argv(files, PROMPTS[0], str(tmp_path / "x"), str(tmp_path))) == 2  # no adapter_config.json
 
 
 def test_generate_with_two_adapters_runs_the_one_named(files, capsys):
