@@ -180,6 +180,8 @@ def load_adapter(net, path, strict=True, adapter_name=None):
                         path, len(dropped))
         if not tensors:
             raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
+    if not lora_cells(net):  # another base would fail the plan with a less telling message
+        _check_same_base(net, meta, path, strict)
     plan = _plan_from_file(net, meta)
     if plan is None:
         params, cells = dict(net.parameters_and_names()), first_adapter_cells(net)
