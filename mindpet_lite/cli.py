@@ -230,7 +230,7 @@ def _add_convert_base(sub):
 
 # ---- generate ----------------------------------------------------------------------------------
 def _add_generate(sub):
-    """`mindpet-lite generate --config X --adapter A --prompt "..."`."""
+    """`mindpet-lite generate --config X --adapter A [--adapter NAME=B ...] [--adapter-name NAME] --prompt "..."`."""
     p = sub.add_parser("generate", help="stream a generation from the model of a run YAML (and an adapter)",
                        description="Generate from one prompt with the run YAML's model, its base checkpoint and an "
                                    "adapter, printing the tokens as they come, then prompt and generation tokens/s. "
@@ -238,7 +238,12 @@ def _add_generate(sub):
                                    "temperature, repetition_penalty, max_decode_length, use_past).")
     p.add_argument("--config", required=True, help="run YAML (MindFormers format)")
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--adapter", default=None, help="adapter file (omit: the base model alone)")
+    p.add_argument("--adapter", action="append", default=None, metavar="[NAME=]PATH",
+                   help="adapter file or HF PEFT directory; repeat with NAME=PATH for named adapters loaded side by "
+                        "side (a bare PATH is 'default'; omit: the base model alone)")
+    p.add_argument("--adapter_name", "--adapter-name", dest="adapter_name", default=None,
+                   help="the adapter the prompt runs: a NAME given to --adapter, 'default', or '__base__' for the "
+                        "base model (default: 'default', else the first NAME=PATH)")
     p.add_argument("--load_checkpoint", "--load-checkpoint", dest="load_checkpoint", default=None,
                    help="base checkpoint (default: the YAML's load_checkpoint)")
     p.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=None,
@@ -247,15 +252,16 @@ def _add_generate(sub):
                    metavar="{True,False}", help="decode with the KV cache (default True)")
 
     def work(args):
-        from mindpet_lite.infer import stream_generate  # pylint: disable=import-outside-toplevel
+        from mindpet_lite.infer import adapter_rows, stream_generate  # pylint: disable=import-outside-toplevel
         from mindpet_lite.train import RunConfig  # pylint: disable=import-outside-toplevel
         overrides = {"model.model_config.use_past": args.use_past, "run_mode": "predict"}
         for key in ("load_checkpoint", "adapter"):
             if getattr(args, key):
                 overrides[key] = getattr(args, key)
         cfg = RunConfig.from_yaml(args.config, overrides)
+        adapter_rows(cfg.adapters, [args.adapter_name], "--adapter-name")  # an unknown --adapter-name: refused before any work
         sys.stdout.write(args.prompt)
-        stats = stream_generate(cfg, args.prompt, sys.stdout, args.max_new_tokens)
+        stats = stream_generate(cfg, args.prompt, sys.stdout, args.max_new_tokens, args.adapter_name)
         print(f"prompt: {stats['prompt_tokens']} tokens, {stats['prompt_tokens_per_s']:.1f} tokens/s "
               f"(first token after {stats['first_token_seconds']:.2f} s); generation: {stats['new_tokens']} tokens, "
               f"{stats['generation_tokens_per_s']:.1f} tokens/s; compile (warm-up call) {stats['compile_seconds']:.2f} s")

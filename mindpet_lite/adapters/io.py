@@ -6,6 +6,7 @@ The file formats and safe writes are ``_files``'; the metadata and its LoraConfi
 ``adapters.metadata``'s; the name translations are ``adapters.names``'. Everything is checked before
 anything is assigned or written.
 """
+import dataclasses
 import logging
 import math
 import os
@@ -25,8 +26,9 @@ from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
-from mindpet_lite.graph.adapters import extra_adapter_params
+from mindpet_lite.graph.adapters import extra_adapter_params, first_adapter_cells
 from mindpet_lite.graph.freeze import get_adapter_params, lora_cells
+from mindpet_lite.pet.model import plan_lora
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def adapter_parameters(net):
     (other named adapters' factors are not part of it)."""
     if not isinstance(net, nn.Cell):
         raise TypeError(f"net must be a mindspore.nn.Cell, got {_checks.describe(net)}")
-    lora = get_adapter_params(net)
+    lora = _first_adapter_params(net)
     named = extra_adapter_params(net)
     return {name: p for name, p in net.parameters_and_names()
             if name in lora or (p.requires_grad and name not in named)}
@@ -145,15 +147,22 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     network's by a prefix when the match is unique.
 
     Args:
-        net (nn.Cell): the LoRA network (same targets, rank and scaling as the adapter).
+        net (nn.Cell): the LoRA network (same targets, rank and scaling as the adapter), or a network
+            without LoRA cells: then the file's own pet_config (its metadata, or a PEFT directory's
+            adapter_config.json) is applied first, as ``get_pet_model`` does (DoRA, rank / alpha
+            patterns, layers_to_transform, modules_to_save; a PiSSA / OLoRA start is built plain: the
+            factors are loaded), checked against the file before the network changes (PEFT's
+            ``PeftModel.from_pretrained(base, path)``).
         path (str): the adapter file or PEFT directory.
         strict (bool): True: every adapter key must match a parameter and every LoRA parameter of the
             network must be in the adapter; the base fingerprint and the scaling must agree.
             False: missing / unexpected keys and fingerprint or scaling differences are logged.
             Shape mismatches are errors either way.
         adapter_name (str): add the file as a new named adapter beside the ones the network holds
-            (``adapters/named.py``: its own rank and alpha; the network needs a LoRADense at every layer
-            it targets). None or "default": assign the first adapter, as always.
+            (``adapters/named.py``: its own rank and alpha; a layer it targets without a LoRADense gets
+            one, where the other adapters add nothing; on a network without LoRA cells the network is
+            frozen and this adapter made active, as PEFT's ``from_pretrained(..., adapter_name=)``).
+            None or "default": assign the first adapter, as always.
 
     Returns:
         The adapter's metadata dict (``{}`` for files without one).
@@ -177,20 +186,65 @@ def load_adapter(net, path, strict=True, adapter_name=None):
                         path, len(dropped))
         if not tensors:
             raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
-    params = dict(net.parameters_and_names())
+    if not lora_cells(net):  # another base would fail the plan with a less telling message
+        _check_same_base(net, meta, path, strict)
+    plan = _plan_from_file(net, meta)
+    if plan is None:
+        params, cells = dict(net.parameters_and_names()), first_adapter_cells(net)
+        held = set(_first_adapter_params(net)) | set(_saved_params(net))
+    else:  # a plain network: the LoRA cells the file's pet_config describes, checked before they go in
+        params, cells = plan.parameters(), plan.lora_cells()
+        ids = {id(p) for cell in cells.values() for p in cell.adapter_parameters().values()}
+        ids |= {id(p) for cell in plan.saved.values() for p in cell.get_parameters()}
+        held = {name for name, p in params.items() if id(p) in ids}
+    mapping = _fit(tensors, path, strict, params, held, plan is None and not cells)
+    _check_same_base(net, meta, path, strict)
+    _check_cells(cells, mapping, meta, path, strict)
+    _checks.check_finite_arrays(f"load_adapter {path}", {key: tensors[key] for key in mapping})
+
+    new_data = {target: Tensor(tensors[key]).astype(params[target].dtype) for key, target in mapping.items()}
+    if plan is not None:
+        plan.apply()
+        logger.info("load_adapter: %s: LoRA applied from its pet_config (%d layers)", path, len(cells))
+    for target, data in new_data.items():
+        params[target].set_data(data)
+    logger.info("load_adapter: %d tensors from %s", len(new_data), path)
+    return meta
+
+
+def build_config(config):
+    """The LoraConfig to build a network with before loading an adapter of ``config``: its own, but a
+    PiSSA / OLoRA start (which rewrites the base weights) is a plain one (the factors are loaded)."""
+    if config.weight_init is None:
+        return config
+    return dataclasses.replace(config, init_lora_weights=True)
+
+
+def _plan_from_file(net, meta):
+    """The get_pet_model plan of the file's pet_config for a network without LoRA cells, else None."""
+    config = _meta.lora_config(meta)
+    if config is None or lora_cells(net):
+        return None
+    return plan_lora(net, build_config(config))
+
+
+def _fit(tensors, path, strict, params, held, bare):
+    """{file key: network parameter name} after checking names and shapes (``held``: the names the
+    adapter must cover; ``bare``: the network has no LoRA cells and the file no pet_config)."""
     mapping, unexpected, ambiguous = resolve_names(tensors, params)
     if ambiguous:
         detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
         raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
-    net_lora = set(get_adapter_params(net)) | set(_saved_params(net))
-    missing = sorted(net_lora - set(mapping.values()))
+    missing = sorted(held - set(mapping.values()))
     problems = []
     if missing:
         problems.append(f"missing keys (LoRA parameters of the network not in the adapter, {len(missing)}): "
                         f"{_checks.short_list(missing)}")
     if unexpected:
+        hint = (" (the network has no LoRA cells and the file records no pet_config: apply get_pet_model with "
+                "the adapter's config first)") if bare else ""
         problems.append(f"unexpected keys (adapter keys with no parameter in the network, {len(unexpected)}): "
-                        f"{_checks.short_list(unexpected)}")
+                        f"{_checks.short_list(unexpected)}{hint}")
     if problems and strict:
         raise ValueError(f"{path} does not fit the network: " + "; ".join(problems))
     for text in problems:
@@ -209,16 +263,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     if shape_errors:
         raise ValueError(f"{path}: shape mismatch for {len(shape_errors)} parameters (another rank or "
                          f"architecture?): " + "; ".join(shape_errors[:8]))
-
-    _check_same_base(net, meta, path, strict)
-    _check_cells(net, mapping, meta, path, strict)
-    _checks.check_finite_arrays(f"load_adapter {path}", {key: tensors[key] for key in mapping})
-
-    new_data = {target: Tensor(tensors[key]).astype(params[target].dtype) for key, target in mapping.items()}
-    for target, data in new_data.items():
-        params[target].set_data(data)
-    logger.info("load_adapter: %d tensors from %s", len(new_data), path)
-    return meta
+    return mapping
 
 
 def _check_same_base(net, meta, path, strict):
@@ -236,6 +281,12 @@ def _check_same_base(net, meta, path, strict):
     logger.warning("load_adapter (strict=False): %s", text)
 
 
+def _first_adapter_params(net):
+    """get_adapter_params without the placeholders of cells added for named adapters."""
+    ids = {id(p) for cell in first_adapter_cells(net).values() for p in cell.adapter_parameters().values()}
+    return {name: p for name, p in get_adapter_params(net).items() if id(p) in ids}
+
+
 def _saved_params(net):
     """{name: Parameter} of the cells the network's pet_config lists in modules_to_save."""
     config = getattr(net, "pet_config", None)
@@ -246,8 +297,7 @@ def _saved_params(net):
     return {name: p for name, p in net.parameters_and_names() if id(p) in held}
 
 
-def _check_cells(net, mapping, meta, path, strict):
-    cells = lora_cells(net)
+def _check_cells(cells, mapping, meta, path, strict):
     targets = set(mapping.values())
     config = _meta.lora_config(meta)
     for name, cell in cells.items():

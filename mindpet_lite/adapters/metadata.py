@@ -44,6 +44,7 @@ from mindpet_lite import _checks, _files
 from mindpet_lite._version import __version__
 from mindpet_lite.adapters.mcore import layout_from_config
 from mindpet_lite.adapters.names import LORA_MARK, is_mcore_module
+from mindpet_lite.graph.adapters import first_adapter_cells
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import LoraConfig
@@ -203,9 +204,10 @@ def adapter_config(net, config=None):
        alpha_pattern; they must agree on rsLoRA).
 
     Whichever it is must agree with every LoRA cell (rank and scaling), or the metadata would not
-    describe the weights. None for a network without LoRA cells and without a config.
+    describe the weights. None for a network without LoRA cells and without a config. Cells whose first
+    adapter is a placeholder (added for a named adapter) are not part of it.
     """
-    cells = lora_cells(net)
+    cells = first_adapter_cells(net)
     if config is None:
         config = getattr(net, "pet_config", None)
     if config is None:

@@ -1,9 +1,10 @@
 """Named adapters to and from files: the file side of ``graph/adapters.py`` (``load_adapter`` /
 ``save_adapter`` with ``adapter_name=`` call these).
 
-Loading adapter ``name`` from an ordinary single-adapter file: the network must already have a
-LoRADense at every layer the adapter targets (it may target fewer: its rows run the base weight at
-the others); a key for a layer without one is an error naming it. The pair becomes the cells'
+Loading adapter ``name`` from an ordinary single-adapter file: a layer it targets that has no LoRADense
+(or every layer, on a network without LoRA cells) gets one, whose first adapter is a frozen B = 0
+placeholder (``graph.adapters``): the other adapters add nothing there. It may target fewer layers
+than the others: its rows run the base weight at the rest. A key naming no dense layer is an error. The pair becomes the cells'
 ``mindpet_delta_lora_a__<name>`` / ``_b__<name>``, with the adapter's own rank per layer (from its
 shapes, checked against its rank_pattern) and alpha / rsLoRA (its metadata's pet_config, alpha_pattern
 too; a file without one: the scaling it records, else the first adapter's alpha). A named adapter holds LoRA factors only, loaded frozen (PEFT's
@@ -25,9 +26,10 @@ from mindpet_lite.adapters import metadata as _meta
 from mindpet_lite.adapters.names import is_lora_name, is_state_key, resolve_names
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import check_adapter_name
-from mindpet_lite.graph.adapters import list_adapters
+from mindpet_lite.graph.adapters import first_adapter_cells, list_adapters, mark_first_placeholder, set_adapter
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet.config import LoraConfig
+from mindpet_lite.pet.model import plan_lora
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +44,8 @@ def _pairs(tensors, cells, path):
         detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
         raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
     if unexpected:
-        raise ValueError(f"{path}: {len(unexpected)} adapter keys name layers without a LoRADense in the network "
-                         f"({_checks.short_list(unexpected)}): a named adapter goes beside the first, so the network "
-                         "must already have LoRA cells at every layer it targets (get_pet_model with its targets)")
+        raise ValueError(f"{path}: {len(unexpected)} adapter keys name no dense layer of the network "
+                         f"({_checks.short_list(unexpected)})")
     found = {}
     for key, target in mapping.items():
         found.setdefault(targets[target], {})[target.rsplit(".", 1)[-1]] = tensors[key]
@@ -82,21 +83,27 @@ def _alphas(meta, ranks, first, path):
     scaling = _meta.adapter_scaling(meta)
     if scaling is not None:
         return {p: (scaling * r, False) for p, r in ranks.items()}
+    if first is None:
+        raise ValueError(f"{path} records no lora_alpha or scaling (no pet_config), and the network has no first "
+                         "adapter to take it from: give the file its metadata (import it, or save it with config=)")
     logger.info("load_adapter: %s records no alpha: using the first adapter's lora_alpha=%s", path, first.lora_alpha)
     return {p: (first.lora_alpha, first.use_rslora) for p in ranks}
 
 
 def load_named_adapter(net, tensors, meta, path, name, strict):
-    """Add adapter ``name`` from ``(tensors, meta)`` read from ``path``; everything is checked first."""
+    """Add adapter ``name`` from ``(tensors, meta)`` read from ``path``; everything is checked first.
+    Layers it targets without a LoRA cell get one (:func:`_new_cells`); on a network that had none,
+    the network is frozen and ``name`` made the active adapter (PEFT's
+    ``from_pretrained(base, path, adapter_name=name)``)."""
     check_adapter_name(name)
     known = list_adapters(net)
     if name in known:
         raise ValueError(f"adapter_name {name!r} is already used (the network holds {known}): delete_adapter it "
                          "first or choose another name")
-    cells = lora_cells(net)
-    if not cells:
-        raise ValueError("the network has no LoRA cells: a named adapter goes beside the first adapter; apply "
-                         "get_pet_model (or load_adapter without adapter_name) first")
+    config = _meta.lora_config(meta)
+    if config is not None and config.use_dora:
+        raise ValueError(f"{path} is a DoRA adapter (use_dora=True): a named adapter is plain LoRA; load it as "
+                         "the first adapter (without adapter_name)")
     other = sorted(k for k in tensors if not is_lora_name(k) and not is_state_key(k))
     if other and _meta.is_ours(meta):
         text = (f"{path}: a named adapter holds LoRA factors only, the file also has {len(other)} other trainable "
@@ -107,19 +114,48 @@ def load_named_adapter(net, tensors, meta, path, name, strict):
     tensors = {k: v for k, v in tensors.items() if is_lora_name(k) and not is_state_key(k)}
     if not tensors:
         raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
+    had_cells = bool(lora_cells(net))
+    first = next(iter(first_adapter_cells(net).values()), None)
+    plan = _new_cells(net, tensors)
+    cells = dict(lora_cells(net), **(plan.lora_cells() if plan is not None else {}))
     pairs = _pairs(tensors, cells, path)
     ranks = _ranks(pairs, cells, path)
-    alphas = _alphas(meta, ranks, next(iter(cells.values())), path)
+    alphas = _alphas(meta, ranks, first, path)
     _checks.check_finite_arrays(f"load_adapter {path}", {f"{p}.{leaf}": arr for p, pair in pairs.items()
                                                          for leaf, arr in zip((LORA_A, LORA_B), pair)})
+    if plan is not None:
+        plan.swap()
+        for cell in plan.lora_cells().values():
+            mark_first_placeholder(cell)
+        logger.info("load_adapter: %d LoRA cells added for adapter %r (no delta there for the others): %s",
+                    len(plan.lora_cells()), name, _checks.short_list(sorted(plan.lora_cells())))
     for p, (a, b) in pairs.items():
         cells[p].add_adapter(name, ranks[p], alphas[p][0], Tensor(np.asarray(a, np.float32)),
                              Tensor(np.asarray(b, np.float32)), use_rslora=alphas[p][1])
         for param in cells[p].named_adapter_parameters(name).values():
             param.requires_grad = False
+    if not had_cells:  # PEFT's from_pretrained(..., adapter_name=): the base frozen, the adapter active
+        for param in net.get_parameters():
+            param.requires_grad = False
+        set_adapter(net, name)
     logger.info("load_adapter: adapter %r (ranks %s) on %d of %d LoRA cells from %s", name,
                 sorted(set(ranks.values())), len(pairs), len(cells), path)
     return meta
+
+
+def _new_cells(net, tensors):
+    """The plan (``pet.plan_lora``, nothing changed yet) of LoRA cells for the plain dense layers the
+    file's keys name, or None when every one it names has a LoRA cell. Their first adapter is a
+    placeholder of rank 1 (``graph.adapters.mark_first_placeholder`` once they are in)."""
+    cells = lora_cells(net)
+    dense = [p for p, c in net.cells_and_names() if p and isinstance(c, nn.Dense) and p not in cells]
+    targets = {f"{p}.{leaf}": p for p in list(cells) + dense for leaf in (LORA_A, LORA_B)}
+    mapping, _, ambiguous = resolve_names(tensors, targets)
+    new = sorted({targets[t] for k, t in mapping.items() if k not in ambiguous} - set(cells))
+    if not new:
+        return None
+    return plan_lora(net, LoraConfig(lora_rank=1, lora_alpha=1, lora_dropout=0.0,
+                                     target_modules="|".join(re.escape(p) for p in new)), extend=True)
 
 
 def named_adapter_tensors(net, name, config=None):

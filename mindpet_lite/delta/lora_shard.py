@@ -3,6 +3,7 @@ same math on primitives of its own where MindSpore's cell computes through funct
 from mindspore import nn, ops
 from mindspore.ops.primitive import Primitive
 
+from mindpet_lite import _checks
 from mindpet_lite.delta.lora_checks import check_strategy
 
 # activations whose one primitive (named here) takes the strategy of the activation's input
@@ -26,10 +27,24 @@ class LeakyReLUPrimitive(nn.Cell):
 
 
 
+def _activation_strategy(name, strategy):
+    """`strategy_activation` checked and kept as given: the input's strategy once, ``((N, out),)``, or
+    twice, ``((N, out), (N, out))`` as MindPet's tests write it (two different ones are refused: the
+    activation has one input)."""
+    if isinstance(strategy, tuple) and len(strategy) == 2:
+        given = check_strategy(name, strategy, (2, 2))
+        if given[0] != given[1]:
+            raise ValueError(f"{name} must give the activation input's strategy once or twice the same, got "
+                             f"{_checks.describe(strategy)}")
+        return given
+    return check_strategy(name, strategy, (2,))
+
+
 def activation_shards(cell, strategy):
     """(activation, [(primitive, strategy)]) for `strategy_activation`, as MindPet shards its
-    activations: the primitive takes the input's strategy s; LeakyReLU's select op (s, s) and
-    LogSigmoid's scalar ops (s, ()). LeakyReLU and GELU compute through functional ops in
+    activations: the primitive it passes the strategy to takes it as given (a unary activation's
+    primitive, LogSigmoid's exp / rec / log); LeakyReLU's select op (s, s) and LogSigmoid's scalar
+    ops (s, ()), s the input's strategy. LeakyReLU and GELU compute through functional ops in
     MindSpore 2.9, with no primitive of the cell's own: sharding swaps in the same math built on
     a primitive (LeakyReLU keeps MindPet's `select_op` name)."""
     name, act = "strategy_activation", cell.activation
@@ -40,9 +55,8 @@ def activation_shards(cell, strategy):
                          "the split axis; MindPet refuses it too): apply it after the LoRADense instead")
     if isinstance(act, nn.PReLU):  # input and weight: the primitive's own strategy, as MindPet passes it
         return act, [(act.prelu, check_strategy(name, strategy, (2, 1)))]
-    if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
-        strategy = strategy[:1]  # MindPet's tests give the input's strategy twice
-    s = check_strategy(name, strategy, (2,))[0]
+    given = _activation_strategy(name, strategy)
+    s = given[0]
     if isinstance(act, nn.LeakyReLU):
         act = LeakyReLUPrimitive(act.alpha)
     elif isinstance(act, nn.GELU) and act.approximate == "tanh":
@@ -50,12 +64,12 @@ def activation_shards(cell, strategy):
     if isinstance(act, LeakyReLUPrimitive):
         return act, [(act.select_op, (s, s)), (act.mul, (s, ()))]
     if isinstance(act, nn.LogSigmoid):
-        return act, [(act.mul, (s, ())), (act.exp, (s,)), (act.add, (s, ())), (act.rec, (s,)), (act.log, (s,))]
+        return act, [(act.mul, (s, ())), (act.exp, given), (act.add, (s, ())), (act.rec, given), (act.log, given)]
     if isinstance(act, Primitive):
-        return act, [(act, (s,))]
+        return act, [(act, given)]
     for cls, attr in UNARY_ACTIVATIONS.items():
         if isinstance(act, cls):
-            return act, [(getattr(act, attr), (s,))]
+            return act, [(getattr(act, attr), given)]
     raise ValueError(f"{name}: activation {type(act).__name__} has no primitive LoRADense can shard (it "
                      "computes through functional ops, or is not one of mindspore.nn's); shardable: a "
                      "Primitive, LeakyReLU, tanh GELU, LogSigmoid, PReLU, "

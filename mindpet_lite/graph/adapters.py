@@ -10,19 +10,42 @@ row for ``"__base__"``) down the model's construct to every LoRADense (``models.
 the projections that take it). It is a graph input, not a Parameter: no state in the network (the
 checkpoint, freezing, the base fingerprint and optimizers see nothing new), any batch size, and a
 call without it compiles to the same graph as before.
+
+A LoRA cell added for a named adapter (a layer the first adapter does not target, or a network that had
+no LoRA cells) holds a placeholder first adapter: B = 0, frozen, so "default" adds nothing there, and
+it is not part of the first adapter (:func:`first_adapter_cells`: saving, loading and describing
+"default" leave it out).
 """
 import contextlib
 
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 from mindpet_lite import _checks
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER, pair_names
 from mindpet_lite.graph.freeze import lora_cells
 
-__all__ = ["list_adapters", "set_adapter", "disable_adapter", "delete_adapter", "adapter_params",
+__all__ = ["first_adapter_cells", "mark_first_placeholder", "list_adapters", "set_adapter", "disable_adapter", "delete_adapter", "adapter_params",
            "extra_adapter_params", "adapter_rows", "BASE_ROW", "DEFAULT_ADAPTER"]
+
+
+PLACEHOLDER = "first_adapter_placeholder"  # the cell attribute that marks a placeholder first adapter
+
+
+def mark_first_placeholder(cell):
+    """Make ``cell``'s first adapter a placeholder: B = 0 (no delta), both factors frozen."""
+    params = cell.adapter_parameters()
+    params[LORA_B].set_data(ops.zeros(params[LORA_B].shape, params[LORA_B].dtype))
+    for param in params.values():
+        param.requires_grad = False
+    setattr(cell, PLACEHOLDER, True)
+    return cell
+
+
+def first_adapter_cells(net):
+    """{path: LoRADense} of the cells that hold the first adapter (not a placeholder of it)."""
+    return {path: cell for path, cell in lora_cells(net).items() if not getattr(cell, PLACEHOLDER, False)}
 
 
 def list_adapters(net):

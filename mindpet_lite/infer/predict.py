@@ -1,7 +1,7 @@
 """Predict mode: prompts in, one JSON line per prompt out (``run_mode: predict``, MindFormers' flags).
 
     python -m mindpet_lite.run --config RUN.yaml --run_mode predict --predict_data "text" | FILE \\
-        --load_checkpoint BASE --adapter ADAPTER
+        --load_checkpoint BASE --adapter ADAPTER [--adapter NAME=ADAPTER ...]
 
 One straight line, each step a function: :func:`read_prompts` (``input_data`` / ``--predict_data``: the
 text itself, or a file of prompts), :func:`load_predictor` (RunConfig -> the built model with its base
@@ -20,6 +20,12 @@ tokens, MindFormers' meaning) or ``max_new_tokens`` (wins when both are given), 
 (default: the tokenizer's); the draws are seeded with the run's ``seed``. The tokenizer is the one
 ``processor.tokenizer.vocab_file`` names (a SentencePiece ``.model``), else the built-in byte tokenizer,
 the one the demo data is made with. Prompts are encoded as the data converter encodes them: bos first.
+
+Several adapters: ``--adapter PATH`` is the first ('default'), ``--adapter NAME=PATH`` (repeated) adds
+named ones side by side (:func:`load_adapters`); a ``{"prompt": ..., "adapter": NAME}`` line of a
+.jsonl picks its row's adapter (``"__base__"``: the base model; absent: 'default', else the first
+NAME=PATH), the rows of one batch running different adapters in one forward (generate's
+``adapter_names``).
 """
 import glob
 import json
@@ -30,7 +36,9 @@ import time
 import mindspore as ms
 
 from mindpet_lite import _checks, _files
-from mindpet_lite.adapters import load_adapter
+from mindpet_lite.adapters import load_adapter, lora_config, read_adapter
+from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
+from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER
 from mindpet_lite.data import load_tokenizer
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
@@ -40,7 +48,8 @@ from mindpet_lite.train.parallel import init_parallel, msrun_env
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_prompts", "generation_settings", "load_predictor", "predict_prompts", "predict",
+__all__ = ["read_prompts", "read_prompt_rows", "adapter_rows", "load_adapters", "generation_settings",
+           "load_predictor", "predict_prompts", "predict",
            "stream_generate", "TextStreamer", "PREDICTIONS_FILE", "write_predictions"]
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -51,21 +60,38 @@ def read_prompts(predict_data):
     """The prompts of ``input_data``: a list of strings as is; a path to an existing file -> one prompt
     a non-empty line (``.jsonl`` / ``.json``: a JSON string or a ``{"prompt": ...}`` object a line, or a
     JSON list of them); any other string is the prompt itself."""
+    return read_prompt_rows(predict_data)[0]
+
+
+def read_prompt_rows(predict_data):
+    """``(prompts, adapters)``: the prompts as :func:`read_prompts` reads them, and each row's
+    ``"adapter"`` field (a ``{"prompt", "adapter"}`` object of a .json / .jsonl file, or of a list;
+    None where absent)."""
     if isinstance(predict_data, (list, tuple)):
-        prompts = list(predict_data)
+        items = list(predict_data)
     elif isinstance(predict_data, str) and predict_data and os.path.isfile(predict_data):
-        prompts = _prompts_in_file(predict_data)
+        items = _prompts_in_file(predict_data)
     elif isinstance(predict_data, str) and predict_data:
-        prompts = [predict_data]
+        items = [predict_data]
     else:
         raise ValueError("input_data (--predict_data) must be the prompt text or a file of prompts, got "
                          f"{_checks.describe(predict_data)}")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise TypeError(f"prompt {i} of input_data must be a non-empty string, got {_checks.describe(prompt)}")
+    prompts, adapters = [], []
+    for i, item in enumerate(items):
+        adapter = None
+        if isinstance(item, dict) and "prompt" in item:
+            adapter = item.get("adapter")
+            if adapter is not None and (not isinstance(adapter, str) or not adapter):
+                raise TypeError(f"prompt {i} of input_data: adapter must be an adapter name (a non-empty "
+                                f"string), got {_checks.describe(adapter)}")
+            item = item["prompt"]
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"prompt {i} of input_data must be a non-empty string, got {_checks.describe(item)}")
+        prompts.append(item)
+        adapters.append(adapter)
     if not prompts:
         raise ValueError(f"input_data {predict_data}: no prompt in the file")
-    return prompts
+    return prompts, adapters
 
 
 def _prompts_in_file(path):
@@ -74,9 +100,25 @@ def _prompts_in_file(path):
     if not path.endswith((".json", ".jsonl")):
         return [line for line in text.splitlines() if line.strip()]
     stripped = text.strip()
-    items = json.loads(stripped) if stripped.startswith("[") else \
+    return json.loads(stripped) if stripped.startswith("[") else \
         [json.loads(line) for line in stripped.splitlines() if line.strip()]
-    return [item["prompt"] if isinstance(item, dict) and "prompt" in item else item for item in items]
+
+
+def adapter_rows(adapters, rows, what="prompt {i} of input_data"):
+    """generate()'s ``adapter_names`` for prompts whose ``rows`` name their adapter (None where absent),
+    with ``adapters`` the ``((name, path), ...)`` loaded; None when every row runs the active adapter
+    and one adapter at most is loaded (one forward as before). An absent row runs the active adapter:
+    'default' (a bare PATH), else the first NAME=PATH; ``"__base__"`` the base model. A name not
+    loaded is a ValueError naming the row, raised before any work."""
+    names = [name for name, _ in adapters]
+    for i, name in enumerate(rows):
+        if name is not None and name != BASE_ROW and name not in names:
+            raise ValueError(f"{what.format(i=i)}: unknown adapter {name!r}; the adapters given (--adapter) "
+                             f"are {names or 'none'} (or {BASE_ROW!r} for the base model)")
+    if len(names) <= 1 and all(name is None for name in rows):
+        return None
+    active = DEFAULT_ADAPTER if DEFAULT_ADAPTER in names else (names[0] if names else BASE_ROW)
+    return [active if name is None else name for name in rows]
 
 
 def generation_settings(model_config, tokenizer, capacity, seed=0):
@@ -119,18 +161,19 @@ def tokenizer_spec(cfg):
 
 def load_predictor(cfg, adapter=None, sharded=False):
     """(net, tokenizer, settings) for a RunConfig: the model it names with its base checkpoint, the
-    adapter (``adapter``, else ``cfg.adapter``; none: the base alone) loaded onto LoRA cells built from
-    its pet_config, in eval mode; the tokenizer; :func:`generation_settings`. ``sharded``: called by
-    :func:`predict` after :func:`~mindpet_lite.train.parallel.init_parallel` (which set the device)."""
+    adapters (``adapter``: a path, else ``cfg.adapters``; none: the base alone, see
+    :func:`load_adapters`), in eval mode; the tokenizer; :func:`generation_settings`. ``sharded``:
+    called by :func:`predict` after :func:`~mindpet_lite.train.parallel.init_parallel` (which set the
+    device)."""
     if cfg.use_parallel and not sharded:
         raise NotImplementedError("generating one prompt runs in one process (use_parallel must be False, "
                                   "got True); run_mode predict shards its prompts across msrun workers")
     if cfg.backend != "builtin":
         raise NotImplementedError("run_mode predict needs the built-in Llama (model.arch.type LlamaForCausalLM "
                                   f"on CPU / without mindformers), got backend {cfg.backend!r}")
-    adapter = adapter or cfg.adapter
-    if adapter:
-        _files.check_input_file(adapter, "adapter")
+    adapters = ((DEFAULT_ADAPTER, adapter),) if adapter else cfg.adapters
+    for name, path in adapters:
+        _check_adapter_path(name, path)
     tokenizer = load_tokenizer(tokenizer_spec(cfg))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == 0 else ms.PYNATIVE_MODE)
     set_cpu_threads(cfg.runtime_num_threads)
@@ -143,12 +186,36 @@ def load_predictor(cfg, adapter=None, sharded=False):
                          f"({tokenizer.vocab_size})")
     settings = generation_settings(cfg.model_config, tokenizer, net.model.max_length, cfg.seed)
     load_base_checkpoint(net, cfg.load_checkpoint, cfg.auto_trans_ckpt)
-    if adapter:
-        get_pet_model(net, cfg.pet_config)
-        load_adapter(net, adapter)
-        logger.info("predict: adapter %s loaded", adapter)
+    load_adapters(net, adapters, cfg.pet_config)
     net.set_train(False)
     return net, tokenizer, settings
+
+
+def _check_adapter_path(name, path):
+    what = "adapter" if name == DEFAULT_ADAPTER else f"adapter {name}"
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, PEFT_CONFIG_NAME)):
+            raise NotADirectoryError(f"{what}: {path} is a directory without {PEFT_CONFIG_NAME} (want an adapter "
+                                     "file or a HF PEFT directory)")
+        return
+    _files.check_input_file(path, what)
+
+
+def load_adapters(net, adapters, pet_config=None):
+    """Load ``((name, path), ...)`` onto a network with its base weights: 'default' first (a file with
+    its pet_config builds its own LoRA cells, else ``pet_config``'s are applied first), then each named
+    one in order (``load_adapter(..., adapter_name=)``: the first of them on a network without LoRA
+    cells becomes the active adapter)."""
+    ordered = sorted(adapters, key=lambda pair: pair[0] != DEFAULT_ADAPTER)
+    for name, path in ordered:
+        if name == DEFAULT_ADAPTER:
+            if pet_config is not None and lora_config(read_adapter(path)[1]) is None:
+                get_pet_model(net, pet_config)  # a file without its pet_config (e.g. MindFormers')
+            load_adapter(net, path)
+        else:
+            load_adapter(net, path, adapter_name=name)
+        logger.info("predict: adapter %s loaded from %s", name, path)
+    return net
 
 
 def _generate_args(settings, prompt_ids):
@@ -174,22 +241,30 @@ def _new_tokens(sequence, prompt_len, eos_ids):
     return new
 
 
-def predict_prompts(net, tokenizer, settings, prompts, batch_size=1):
+def predict_prompts(net, tokenizer, settings, prompts, batch_size=1, adapter_names=None):
     """One record a prompt, in input order: ``{"prompt", "output", "tokens", "seconds"}`` — the decoded
-    new text (eos dropped), the new token ids, and the seconds of the batch the prompt was generated in."""
+    new text (eos dropped), the new token ids, and the seconds of the batch the prompt was generated in;
+    with ``adapter_names`` (one a prompt, as generate() takes them: rows of a batch may differ) also
+    ``"adapter"``."""
     _checks.check_positive_int("predict_batch_size", batch_size)
+    if adapter_names is not None and len(adapter_names) != len(prompts):
+        raise ValueError(f"adapter_names must hold one name per prompt ({len(prompts)}), got {len(adapter_names)}")
     eos = settings["eos_token_id"]
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
     records = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         ids = [tokenizer.encode(p, add_bos=True) for p in batch]
+        names = None if adapter_names is None else list(adapter_names[start:start + batch_size])
         began = time.perf_counter()
-        sequences = generate(net, ids, **_generate_args(settings, ids))
+        sequences = generate(net, ids, adapter_names=names, **_generate_args(settings, ids))
         seconds = round(time.perf_counter() - began, 4)
-        for prompt, prompt_ids, seq in zip(batch, ids, sequences):
+        for i, (prompt, prompt_ids, seq) in enumerate(zip(batch, ids, sequences)):
             new = _new_tokens(seq, len(prompt_ids), eos_ids)
-            records.append({"prompt": prompt, "output": tokenizer.decode(new), "tokens": new, "seconds": seconds})
+            record = {"prompt": prompt, "output": tokenizer.decode(new), "tokens": new, "seconds": seconds}
+            if names is not None:
+                record["adapter"] = names[i]
+            records.append(record)
     return records
 
 
@@ -205,10 +280,16 @@ def predict(cfg, prompts=None):
     other ranks return their own share and their file. Greedy outputs equal the single-process ones
     (a prompt's tokens do not depend on its batch); with ``do_sample`` the draws depend on the batches.
     Stale rank files are removed before ``communication.init()``, which returns in no worker before
-    every worker has called it, so a rank file rank 0 sees was written by this job."""
-    prompts = read_prompts(cfg.input_data if prompts is None else prompts)
+    every worker has called it, so a rank file rank 0 sees was written by this job.
+
+    Several adapters (``cfg.adapters``: ``--adapter NAME=PATH`` repeated, a bare PATH is 'default')
+    are loaded side by side; a prompt object's ``"adapter"`` field picks the one its row runs (rows
+    of one batch may differ; :func:`adapter_rows` says what an absent field means), and each record
+    then says which."""
+    prompts, rows = read_prompt_rows(cfg.input_data if prompts is None else prompts)
+    names = adapter_rows(cfg.adapters, rows)
     path = os.path.join(cfg.output_dir, PREDICTIONS_FILE)
-    inputs = [p for p in (cfg.load_checkpoint, cfg.adapter, cfg.input_data) if p]
+    inputs = [p for p in (cfg.load_checkpoint, cfg.input_data, *(p for _, p in cfg.adapters)) if p]
     _files.check_new_output(path, inputs, overwrite=True, what="predictions")
     rank, size = 0, 1
     if cfg.use_parallel or msrun_env() is not None:  # use_parallel False under msrun: init_parallel says so
@@ -218,7 +299,8 @@ def predict(cfg, prompts=None):
         ms.reset_auto_parallel_context()  # inference graphs: no data-parallel gradient reduction to insert
     net, tokenizer, settings = load_predictor(cfg, sharded=cfg.use_parallel)
     indices = list(range(rank, len(prompts), size))
-    records = predict_prompts(net, tokenizer, settings, [prompts[i] for i in indices], cfg.predict_batch_size)
+    records = predict_prompts(net, tokenizer, settings, [prompts[i] for i in indices], cfg.predict_batch_size,
+                              None if names is None else [names[i] for i in indices])
     os.makedirs(cfg.output_dir, exist_ok=True)
     if size > 1:
         part = os.path.join(cfg.output_dir, RANK_FILE.format(rank=rank))
@@ -269,20 +351,22 @@ def _gather_ranks(folder, size, count, timeout=None, poll=0.2):
     return records
 
 
-def stream_generate(cfg, prompt, stream, max_new_tokens=None):
-    """Generate one prompt with the model a RunConfig names (its adapter, if any), writing the new text
-    to ``stream`` as it comes (:class:`TextStreamer`). Returns ``{"prompt_tokens", "new_tokens",
+def stream_generate(cfg, prompt, stream, max_new_tokens=None, adapter_name=None):
+    """Generate one prompt with the model a RunConfig names (its adapters, if any; ``adapter_name``
+    picks the one to run, ``"__base__"`` the base; default: the active one, see :func:`adapter_rows`),
+    writing the new text to ``stream`` as it comes (:class:`TextStreamer`). Returns ``{"prompt_tokens", "new_tokens",
     "compile_seconds", "first_token_seconds", "prompt_tokens_per_s", "generation_tokens_per_s", "tokens",
     "output"}``: a two-token warm-up call of the same shape compiles the graphs first
     (``compile_seconds``, which includes that call), so the prompt rate (over the time to the first token)
     and the generation rate (over the tokens after it) are steady rates."""
     prompt = read_prompts([prompt])[0]
+    names = adapter_rows(cfg.adapters, [adapter_name], "adapter_name")
     net, tokenizer, settings = load_predictor(cfg)
     if max_new_tokens is not None:
         settings["max_new_tokens"] = _checks.check_positive_int("max_new_tokens", max_new_tokens)
     ids = tokenizer.encode(prompt, add_bos=True)
     eos = settings["eos_token_id"]
-    args = _generate_args(settings, [ids])
+    args = dict(_generate_args(settings, [ids]), adapter_names=names)
     began = time.perf_counter()  # compile the graphs of these shapes first: the rates are then steady
     try:
         generate(net, [ids], streamer=_StopAfter(2), **dict(args, eos_token_id=None))

@@ -12,6 +12,8 @@ Four steps, and the network changes only in the last two:
 2. build: one LoRA cell per target, sharing the target's weight / bias Parameter objects. Every
    error (a target that is not a dense layer, zero matches, a dtype or init that does not fit a
    layer) is raised here, naming the layer, so a failed call leaves the network as it was.
+   `plan_lora` stops here: its `LoraPlan` names the parameters the network will have (load_adapter
+   checks a file against them before anything changes) and applies steps 3 and 4.
 3. swap: put the new cells in place. MindSpore renames a cell's parameters on assignment to
    `<attribute>.<name>`; the base weight and bias get their original names back and the LoRA
    factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `_lora_prefixes`).
@@ -69,11 +71,19 @@ def get_pet_model(network, pet_config):
 def apply_lora(network, pet_config):
     """`get_pet_model`, returning the summary: {'replaced': [paths], 'num_replaced', 'trainable',
     'total', 'percent'} (parameter counts, percent trainable)."""
+    return plan_lora(network, pet_config).apply()
+
+
+def plan_lora(network, pet_config, extend=False):
+    """Steps 1 and 2 of `get_pet_model`: every check done and every LoRA cell built, the network not
+    changed yet. The :class:`LoraPlan` tells the parameters the network will have (so that a caller
+    can check a file against them first) and applies the change. ``extend``: the network may already
+    hold LoRA layers (the plan then only adds cells, see :meth:`LoraPlan.swap`)."""
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
     config = load_pet_config(pet_config)
     adapted = [path for path, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
-    if adapted:
+    if adapted and not extend:
         raise ValueError(f"the network already holds {len(adapted)} LoRA layers ({', '.join(adapted[:3])}"
                          f"{', ...' if len(adapted) > 3 else ''}): apply LoRA once, with every target in one "
                          "pet_config, so that its pet_config describes the whole adapter")
@@ -85,26 +95,57 @@ def apply_lora(network, pet_config):
     _check_layers(network, targets, config)
     _check_shared(network, targets)
     built = [_build(cell, path, config) for _, _, path, cell in targets]
-    _init_from_weights(built, targets, config)
-    prefixes = _lora_prefixes(network, targets)
+    return LoraPlan(network, config, targets, built, saved)
 
-    for (parent, attr, path, old), new in zip(targets, built):
-        _swap(parent, attr, old, new, prefixes[path])
-    invalidate_compiled_graphs(network)  # a network compiled before the swap must not reuse its graph
 
-    freeze_delta(network, "lora", config.freeze_include, config.freeze_exclude)
-    for cell in saved.values():  # modules_to_save: trained in full
-        for param in cell.get_parameters():
-            param.requires_grad = True
-    counts = trainable_params_report(network)
-    summary = {"replaced": [path for _, _, path, _ in targets], "num_replaced": len(targets), **counts}
-    network.pet_config = config
-    network.pet_summary = summary
-    logger.info("LoRA (rank %d, alpha %s, scaling %g) on %d layers (%s%s); trainable %d / %d (%.4f%%)",
-                config.lora_rank, config.lora_alpha, config.scaling, len(targets),
-                ", ".join(summary["replaced"][:4]), ", ..." if len(targets) > 4 else "",
-                counts["trainable"], counts["total"], counts["percent"])
-    return summary
+class LoraPlan:
+    """LoRA cells built for a network and not yet in it (:func:`plan_lora`)."""
+
+    def __init__(self, network, config, targets, built, saved):  # pylint: disable=too-many-arguments
+        self.network, self.config, self.saved = network, config, saved
+        self._targets, self._built = targets, built
+
+    def lora_cells(self):
+        """{path: LoRADense} the plan puts in."""
+        return {path: new for (_, _, path, _), new in zip(self._targets, self._built)}
+
+    def parameters(self):
+        """{name: Parameter} the network will have after the swap (the names of
+        ``parameters_and_names``: the replaced layers' by their new cells')."""
+        cells = self.lora_cells()
+        out = {name: p for name, p in self.network.parameters_and_names()
+               if not any(name.startswith(path + ".") for path in cells)}
+        for path, new in cells.items():
+            out.update({f"{path}.{local}": p for local, p in new.parameters_and_names()})
+        return out
+
+    def swap(self):
+        """Put the built cells in place (PiSSA / OLoRA first take their factors from the weights);
+        freezing and the network's pet_config are left as they are."""
+        _init_from_weights(self._built, self._targets, self.config)
+        prefixes = _lora_prefixes(self.network, self._targets)
+        for (parent, attr, path, old), new in zip(self._targets, self._built):
+            _swap(parent, attr, old, new, prefixes[path])
+        invalidate_compiled_graphs(self.network)  # a network compiled before the swap must not reuse its graph
+
+    def apply(self):
+        """`get_pet_model`'s change: swap, freeze all but the LoRA factors (and modules_to_save), attach
+        ``pet_config`` / ``pet_summary``. Returns the summary."""
+        network, config, targets = self.network, self.config, self._targets
+        self.swap()
+        freeze_delta(network, "lora", config.freeze_include, config.freeze_exclude)
+        for cell in self.saved.values():  # modules_to_save: trained in full
+            for param in cell.get_parameters():
+                param.requires_grad = True
+        counts = trainable_params_report(network)
+        summary = {"replaced": [path for _, _, path, _ in targets], "num_replaced": len(targets), **counts}
+        network.pet_config = config
+        network.pet_summary = summary
+        logger.info("LoRA (rank %d, alpha %s, scaling %g) on %d layers (%s%s); trainable %d / %d (%.4f%%)",
+                    config.lora_rank, config.lora_alpha, config.scaling, len(targets),
+                    ", ".join(summary["replaced"][:4]), ", ..." if len(targets) > 4 else "",
+                    counts["trainable"], counts["total"], counts["percent"])
+        return summary
 
 
 # ---- 1. plan ----------------------------------------------------------------------------------

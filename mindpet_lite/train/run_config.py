@@ -152,6 +152,11 @@ class RunConfig(_RunSettings):
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
+    def adapter(self):
+        """The first adapter's path ('default': a bare ``adapter`` PATH), '' when none is given."""
+        return dict(self.adapters).get("default", "")
+
+    @property
     def seq_length(self):
         return self.llama_config.seq_length if self.llama_config is not None else \
             self.model_config.get("seq_length")
@@ -397,6 +402,8 @@ def add_run_arguments(parser):
             kwargs["metavar"] = "{True,False}"
         if key.kind == "bool_or_path":  # the flag alone means True
             kwargs.update(nargs="?", const=True)
+        if key.kind == "adapters":  # repeated: --adapter PATH --adapter NAME=PATH ...
+            kwargs.update(action="append", metavar="[NAME=]PATH")
         parser.add_argument(*(f"--{name}" for name in (*key.flag_aliases, key.flag)), **kwargs)
     parser.add_argument("--options", nargs="+", default=None, metavar="KEY=VALUE",
                         help="set any YAML key, e.g. --options lr_schedule.learning_rate=1e-3 "

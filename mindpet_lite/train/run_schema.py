@@ -12,14 +12,17 @@ is the default; a number written ``1e-5`` (which YAML 1.1 reads as a string) is 
 written as the text true / false in any case.
 """
 import dataclasses
+import os
 from typing import Any, Optional
 
 from mindpet_lite import _checks
+from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER, check_adapter_name
 
-KINDS = ("int", "float", "bool", "str", "path", "choice", "str_list", "bool_or_path")
+KINDS = ("int", "float", "bool", "str", "path", "choice", "str_list", "bool_or_path", "adapters")
 _ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str, "path": str, "str_list": tuple,
-                "bool_or_path": Any}
-_FLAG_TYPES = {"int": int, "float": float, "bool": _checks.bool_arg, "str": str, "path": str, "bool_or_path": str}
+                "bool_or_path": Any, "adapters": tuple}
+_FLAG_TYPES = {"int": int, "float": float, "bool": _checks.bool_arg, "str": str, "path": str, "bool_or_path": str,
+               "adapters": str}
 
 # Optimizer names MindFormers YAMLs use -> what runs here (all are AdamW with decoupled decay).
 OPTIMIZER_TYPES = {
@@ -65,7 +68,7 @@ class Key:
     def read(self, where, raw):
         """The checked value of this key of section ``where`` (YAML spelling for a choice)."""
         name = f"{where}.{self.name}" if where else self.name
-        if raw is None or (self.kind == "path" and raw == ""):
+        if raw is None or (self.kind in ("path", "adapters") and raw == ""):
             return self.default
         value = getattr(self, "_read_" + self.kind)(name, raw)
         if self.unset_at_most is not None and value <= self.unset_at_most:
@@ -105,6 +108,26 @@ class Key:
     def _read_str_list(self, name, raw):
         return tuple(_checks.check_str_list(name, raw))
 
+    def _read_adapters(self, name, raw):
+        """``((adapter name, path), ...)`` from ``PATH`` (the first adapter, "default"), ``NAME=PATH``, a
+        list of them, or a mapping {NAME: PATH}; names checked, each given once."""
+        if isinstance(raw, dict):
+            entries = [f"{key}={value}" if isinstance(key, str) and isinstance(value, str) else (key, value)
+                       for key, value in raw.items()]
+        else:
+            entries = [raw] if isinstance(raw, str) else raw
+        if not isinstance(entries, (list, tuple)):
+            raise TypeError(f"{name} must be PATH, NAME=PATH, a list of them or a mapping NAME: PATH, got "
+                            f"{_checks.describe(raw)}")
+        pairs = {}
+        for entry in entries:
+            adapter, path = adapter_entry(name, entry)
+            if adapter in pairs:
+                raise ValueError(f"{name}: adapter name {adapter!r} is given twice ({pairs[adapter]} and {path}): "
+                                 "give each adapter its own NAME=PATH (a bare PATH is 'default')")
+            pairs[adapter] = path
+        return tuple(pairs.items())
+
     def _read_bool_or_path(self, name, raw):
         try:
             return _checks.to_bool(name, raw)
@@ -114,6 +137,26 @@ class Key:
             raise TypeError(f"{name} must be a bool or the path of a checkpoint directory / state file, "
                             f"got {_checks.describe(raw)}")
         return raw
+
+
+def adapter_entry(name, entry):
+    """``(adapter name, path)`` of one ``adapter`` entry: ``NAME=PATH`` (a letter, then letters, digits or
+    '_'; ``default=PATH`` is the first adapter), else a bare ``PATH`` (the first adapter, "default"). An
+    existing path holding '=' is a bare path."""
+    if not isinstance(entry, str) or not entry:
+        raise TypeError(f"{name} entries must be non-empty strings PATH or NAME=PATH, got {_checks.describe(entry)}")
+    if "=" not in entry or os.path.exists(entry):
+        return DEFAULT_ADAPTER, entry
+    adapter, path = entry.split("=", 1)
+    if not path:
+        raise ValueError(f"{name}: {entry!r} has no path after '=' (want NAME=PATH, or a bare PATH)")
+    if adapter == DEFAULT_ADAPTER:
+        return adapter, path
+    try:
+        return check_adapter_name(adapter), path
+    except ValueError as err:
+        raise ValueError(f"{name}: {entry!r}: the adapter name {adapter!r} must be a letter followed by up to 63 "
+                         "letters, digits or '_' (want NAME=PATH, or a bare PATH)") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +234,9 @@ TOP = Section("", keys=(
         "string or a {'prompt': ...} object a line)", flag="predict_data"),
     Key("predict_batch_size", "int", 1, "predict: prompts generated together (right-padded)", minimum=1,
         flag="predict_batch_size"),
-    Key("adapter", "path", "", "predict: the adapter file to load onto the base (empty: the base alone)",
-        flag="adapter"),
+    Key("adapter", "adapters", (), "predict: the adapter to load onto the base, PATH (a file or a PEFT "
+        "directory: the first adapter, 'default'); NAME=PATH for named ones, the flag repeated (a YAML list or "
+        "mapping); not set: the base alone", flag="adapter", attr="adapters"),
     Key("load_checkpoint", "path", "", "base weights: a .ckpt / .safetensors file, or a directory of them",
         flag="load_checkpoint"),
     Key("output_dir", "str", "./output", "where checkpoints, logs, the loss curve and summary.json go",

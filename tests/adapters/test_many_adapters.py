@@ -14,6 +14,7 @@ from mindspore import Tensor
 import mindpet_lite
 from mindpet_lite.adapters import (export_peft, load_adapter, merge_adapter, merge_checkpoint, pet_config_from_metadata,
                                    read_adapter, save_adapter)
+from mindpet_lite.adapters.metadata import write_adapter_file
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from tests.adapters.conftest import randomize, tiny_llama
@@ -177,11 +178,17 @@ def test_refusals_name_the_problem_before_any_change(files, tmp_path):
     assert sorted(after) == sorted(before)
     for n, value in before.items():
         np.testing.assert_array_equal(after[n], value)
-    # the rule: a LoRADense must already sit at every layer the adapter targets
+    # a key naming no dense layer of the network: refused, no LoRA cell added for the others either
     few = _with_base(tiny_llama(targets=FEW), files["base"])
-    with pytest.raises(ValueError, match=r"layers without a LoRADense .*feed_forward\.w1"):
-        load_adapter(few, files["b"], adapter_name="b")
+    tensors, meta = read_adapter(files["b"])
+    tensors["model.nowhere.mindpet_delta_lora_a"] = np.zeros((4, 64), np.float32)
+    tensors["model.nowhere.mindpet_delta_lora_b"] = np.zeros((64, 4), np.float32)
+    write_adapter_file(tensors, str(tmp_path / "nowhere.safetensors"), meta)
+    cells_before = sorted(mindpet_lite.graph.freeze.lora_cells(few))
+    with pytest.raises(ValueError, match=r"name no dense layer of the network .*model\.nowhere"):
+        load_adapter(few, str(tmp_path / "nowhere.safetensors"), adapter_name="b")
     assert mindpet_lite.list_adapters(few) == ["default"]
+    assert sorted(mindpet_lite.graph.freeze.lora_cells(few)) == cells_before
 
 
 def test_a_rank_pattern_adapter_as_a_named_one(files, tmp_path):

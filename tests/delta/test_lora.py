@@ -408,12 +408,32 @@ def test_shard_every_activation_mindpet_shards(name):
         assert _in_strategy(prim) == strategy, prim
 
 
-def test_shard_accepts_mindpets_repeated_activation_strategy():
-    layer = LoRADense(1, 1, 2, 2, activation="leakyrelu")
-    layer.shard(strategy_activation=((1, 1), (1, 1)))  # as MindPet's own test writes it
-    assert _in_strategy(layer.activation.select_op) == ((1, 1), (1, 1))
+_TWICE = ((1, 1), (1, 1))  # the input's strategy twice, as MindPet's own tests write it
+# the primitives MindPet passes strategy_activation to as given, and the ones it derives a strategy for
+_AS_GIVEN = {
+    "leakyrelu": lambda act: {act.select_op: _TWICE, act.mul: ((1, 1), ())},
+    "logsigmoid": lambda act: {act.exp: _TWICE, act.rec: _TWICE, act.log: _TWICE, act.mul: ((1, 1), ()),
+                               act.add: ((1, 1), ())},
+    "gelu": lambda act: {act: _TWICE},
+}
+
+
+@pytest.mark.parametrize("name", _UNARY + sorted(_AS_GIVEN))
+def test_shard_keeps_mindpets_repeated_activation_strategy_as_given(name):
+    layer = LoRADense(1, 1, 2, 2, activation=name)
+    layer.shard(strategy_activation=_TWICE)
+    act = layer.activation
+    expected = _AS_GIVEN[name](act) if name in _AS_GIVEN else {getattr(act, name): _TWICE}
+    for prim, strategy in expected.items():
+        assert prim.in_strategy == strategy, prim  # MindPet's tests read in_strategy
+
+
+@pytest.mark.parametrize("strategy", [((1, 1), (2, 1)), ((1, 1), (1,)), ((1, 1), (1, 1), (1, 1))])
+def test_shard_refuses_activation_strategies_that_are_not_the_input_once_or_twice(strategy):
+    layer = LoRADense(1, 1, 2, 2, activation="logsigmoid")
     with pytest.raises(ValueError, match="strategy_activation"):
-        layer.shard(strategy_activation=((1, 1), (2, 1)))  # two different input strategies: which one?
+        layer.shard(strategy_activation=strategy)
+    assert _in_strategy(layer.activation.log) is None
 
 
 @pytest.mark.parametrize("activation", ["leakyrelu", nn.LeakyReLU(1.5), "gelu"], ids=["leakyrelu", "alpha>1", "gelu"])

@@ -92,7 +92,7 @@ MINIMAL = {"lr_schedule": {"learning_rate": 1.0e-3},
 
 # the defaults as MindFormers and the previous hand-written dataclasses have them
 EXPECTED = {"seed": 0, "output_dir": "./output", "load_checkpoint": "", "auto_trans_ckpt": False, "resume": False,
-            "run_mode": "finetune", "input_data": None, "predict_batch_size": 1, "adapter": "", "epochs": 1, "batch_size": 1, "sink_mode": False, "sink_size": 1,
+            "run_mode": "finetune", "input_data": None, "predict_batch_size": 1, "adapters": (), "epochs": 1, "batch_size": 1, "sink_mode": False, "sink_size": 1,
             "gradient_accumulation_steps": 1, "max_steps": None, "use_parallel": False, "parallel_mode": 0,
             "data_parallel": 1, "mode": 0, "device_target": "CPU", "device_id": None, "max_device_memory": None,
             "max_call_depth": None, "recompute": False, "do_eval": False, "eval_step_interval": 100,
