@@ -1,7 +1,8 @@
 """Adapter files: save / load / read, merge into base weights, HF PEFT exchange, HF Llama conversion."""
 from mindpet_lite.adapters.convert import hf_to_mindspore, mindspore_to_hf
 from mindpet_lite.adapters.mcore import FusedLayout, layout_from_config
-from mindpet_lite.adapters.io import gather_sharded_adapter, load_adapter, read_adapter, save_adapter
+from mindpet_lite.adapters.io import load_adapter, read_adapter, save_adapter
+from mindpet_lite.adapters.sharded import gather_sharded_adapter
 from mindpet_lite.adapters.metadata import adapter_scaling, base_fingerprint, lora_config, pet_config_from_metadata
 from mindpet_lite.adapters.merge import (
     merge_adapter,

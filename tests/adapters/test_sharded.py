@@ -12,7 +12,8 @@ import pytest
 from mindspore.train import node_strategy_pb2
 
 from mindpet_lite import _files
-from mindpet_lite.adapters.io import gather_sharded_adapter, read_adapter
+from mindpet_lite.adapters.io import read_adapter
+from mindpet_lite.adapters.sharded import gather_sharded_adapter
 from mindpet_lite.adapters.merge import merge_checkpoint
 from mindpet_lite.adapters.metadata import write_adapter_file
 from mindpet_lite.cli import main
