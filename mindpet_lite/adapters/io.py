@@ -176,7 +176,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     if ambiguous:
         detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
         raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
-    net_lora = set(get_adapter_params(net)) | set(_saved_params(net))
+    net_lora = set(get_adapter_params(net)) | set(_saved_params(net)) | set(_delta_params(net))
     missing = sorted(net_lora - set(mapping.values()))
     problems = []
     if missing:
@@ -238,6 +238,15 @@ def _saved_params(net):
     held = {id(p) for path, cell in net.cells_and_names() if path and config.saves_module(path)
             for p in cell.get_parameters()}
     return {name: p for name, p in net.parameters_and_names() if id(p) in held}
+
+
+def _delta_params(net):
+    """{name: Parameter} of the delta cells of a network built by another method than LoRA (its pet_config's
+    ``delta_mark``: the adapters' ``mindpet_delta_adapter...``), which an adapter file must hold."""
+    mark = getattr(getattr(net, "pet_config", None), "delta_mark", "lora")
+    if mark == "lora":
+        return {}
+    return {name: p for name, p in net.parameters_and_names() if f"mindpet_delta_{mark}" in name}
 
 
 def _check_cells(net, mapping, meta, path, strict):
