@@ -24,7 +24,23 @@ _W = LOW_RANK_ADAPTER_MARK + "_weight"
 
 
 class LowRankLinear(nn.Cell):
-    """y = x·(L·R) + b: a dense map whose [in, out] weight is a rank-``rank`` product."""
+    r"""y = x·(L·R) + b: a dense map whose [in, out] weight is a rank-``rank`` product (MindPet's LowRankLinear).
+
+    Args:
+        in_channels, out_channels, rank (int): > 0; L is [in_channels, rank], R [rank, out_channels].
+        weight_init: initializer of L (and of R when right_init is None). bias_init: of b.
+        has_bias (bool), param_init_type, compute_dtype (mindspore.dtype): as the adapter cells'.
+        right_init: initializer of R (an addition: 'zeros' makes the map start at 0).
+
+    Inputs:
+        - **x** (Tensor) - shape (N, in_channels), in compute_dtype.
+
+    Outputs:
+        Tensor of shape (N, out_channels).
+
+    Raises:
+        TypeError / ValueError: a bad size, initializer or dtype, named.
+    """
 
     def __init__(self, in_channels, out_channels, rank=1, weight_init="normal", bias_init="zeros", has_bias=True,
                  param_init_type=mstype.float32, compute_dtype=mstype.float16, right_init=None):

@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindpet_lite.adapters import export_peft, load_adapter, merge_adapter, pet_config_from_metadata, save_adapter
+from mindpet_lite.cli import main as cli_main
 from mindpet_lite.delta import AdapterDense, LowRankAdapterDense
 from mindpet_lite.models.llama import LlamaForCausalLM
 from mindpet_lite.pet import AdapterConfig, LowRankAdapterConfig, get_pet_model, load_pet_config
@@ -110,6 +111,8 @@ def test_training_lowers_the_loss_and_the_file_round_trips(pet_type, tmp_path):
 
     with pytest.raises(ValueError, match="HF PEFT has no"):
         export_peft(path, str(tmp_path / "peft"))
+    assert cli_main(["export-peft", "--adapter", path, "--out", str(tmp_path / "peft")]) == 2  # bad input
+    assert not (tmp_path / "peft").exists()
     with pytest.raises(ValueError, match="non-linearity"):
         merge_adapter({n: p.asnumpy() for n, p in llama().parameters_and_names()}, path)
     bare = llama()
