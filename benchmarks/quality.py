@@ -26,6 +26,11 @@ loss per answer token, answer-token accuracy, exact match (every answer token ri
   LoRA all r      LoRA rank r, alpha 2r, on wq/wk/wv/wo/w1/w2/w3
   DoRA attn 8     LoRA attn r=8 with use_dora: true (a magnitude per output row)
   PiSSA attn 8    LoRA attn r=8 with init_lora_weights: pissa (the base keeps the residual)
+  Adapter         pet_type adapter, bottleneck 8, after wo and w2 (Houlsby's placement; up-projection from 0)
+  LowRankAdapter  pet_type low_rank_adapter, reduction_factor 8 (bottleneck 16), low_rank_size 2, after wo / w2
+
+BitFit (freeze_delta 'bitfit': biases only) has no row: the Llama has no biases. R-Drop (RDropLoss) is a
+classification loss over paired passes, not the causal-LM loss of this task.
 """
 import argparse
 import importlib.util
@@ -47,10 +52,17 @@ CONFIGS = [("full", "full", None, None), ("last layers", "head", None, None)] + 
 # issue 15's layer-level variants: LoRA attn r=8 plus these pet_config keys, the same lr grid and budget
 VARIANT_KEYS = {"DoRA attn r=8": {"use_dora": True}, "PiSSA attn r=8": {"init_lora_weights": "pissa"}}
 CONFIGS += [(name, "lora", 8, ATTN) for name in VARIANT_KEYS]
+# issue 21's adapter methods (pet_type adapter / low_rank_adapter), Houlsby's placement on the Llama
+HOULSBY = ".*wo|.*w2"
+METHOD_KEYS = {"Adapter wo/w2 b=8": {"pet_type": "adapter", "bottleneck_size": 8},
+               "LowRankAdapter wo/w2 rf=8 k=2": {"pet_type": "low_rank_adapter", "reduction_factor": 8,
+                                                  "low_rank_size": 2}}
+CONFIGS += [(name, "adapter", None, HOULSBY) for name in METHOD_KEYS]
 # (low, middle, high); --lr-grid 2 tries the middle and the low one. Single runs at 24 epochs: full
 # 1e-4 89.2% < 3e-4 98.8% exact match; LoRA attention r=4 1e-3 75.0% < 2e-3 96.7%, r=8 5e-3 diverged
 # to 48.8% (16 epochs); lm_head + norm 1e-2 52.5%.
-LR_GRID = {"full": (3e-4, 6e-4, 1e-3), "head": (3e-3, 1e-2, 3e-2), "lora": (2e-3, 3e-3, 5e-3)}
+LR_GRID = {"full": (3e-4, 6e-4, 1e-3), "head": (3e-3, 1e-2, 3e-2), "lora": (2e-3, 3e-3, 5e-3),
+           "adapter": (1e-3, 3e-3, 1e-2)}
 BATCH = 32
 
 
@@ -97,6 +109,8 @@ def run(args):
     if args.kind == "lora":
         get_pet_model(net, {"pet_type": "lora", "lora_rank": args.rank, "lora_alpha": 2 * args.rank,
                             "lora_dropout": 0.0, "target_modules": args.targets, **VARIANT_KEYS.get(args.name, {})})
+    elif args.kind == "adapter":
+        get_pet_model(net, {"target_modules": args.targets, **METHOD_KEYS[args.name]})
     elif args.kind == "head":
         for name, p in net.parameters_and_names():
             p.requires_grad = name.startswith("lm_head.") or name.startswith("model.norm_out.")

@@ -1,6 +1,6 @@
 """Independent numpy reference math for the tests. Never imports the code under test.
 
-LoRA (forward, gradients, merge), the Llama forward and loss, held-out metrics, the lr schedule and
+LoRA (forward, gradients, merge), Adapter / LowRankAdapter, the prefix MLP, R-Drop, the Llama forward and loss, held-out metrics, the lr schedule and
 one SGD step, each written from the math, in float64 where it matters.
 """
 import numpy as np
@@ -130,6 +130,78 @@ def dora_merged_weight(w, a, bmat, m, scaling):
 # Llama (float64), from the papers' math: RMSNorm, rotary pairs (i, i + D/2), grouped-query causal
 # attention, SwiGLU
 # ------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
+# Adapter, LowRankAdapter (Compacter), prefix MLP, R-Drop
+# ------------------------------------------------------------------------------------------------
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def gelu_tanh(z):
+    """GELU, tanh approximation (MindSpore's nn.GELU default)."""
+    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z ** 3)))
+
+
+def gelu_tanh_grad(z):
+    t = np.tanh(_GELU_C * (z + 0.044715 * z ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t ** 2) * _GELU_C * (1.0 + 3 * 0.044715 * z ** 2)
+
+
+ACTIVATIONS["gelu"] = (gelu_tanh, gelu_tanh_grad)
+
+
+def adapter_dense_forward(x, w, b, wd, bd, wu, bu, act="gelu", activation=None):
+    """h = activation(x·Wᵀ + b); h + act(h·Wdᵀ + bd)·Wuᵀ + bu (W* are [out, in]), float64."""
+    x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    h = x2 @ w.T.astype(np.float64) + (0.0 if b is None else b)
+    h = ACTIVATIONS[activation][0](h)
+    z = h @ wd.T.astype(np.float64) + bd
+    y = h + ACTIVATIONS[act][0](z) @ wu.T.astype(np.float64) + bu
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+def adapter_dense_grads(x, w, b, wd, bd, wu, bu, g, act="gelu"):
+    """Gradients of sum(g * adapter_dense_forward) (no dense activation): dict of x, w, b, wd, bd, wu, bu."""
+    x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    g2 = g.reshape(-1, g.shape[-1]).astype(np.float64)
+    w, wd, wu = (m.astype(np.float64) for m in (w, wd, wu))
+    h = x2 @ w.T + (0.0 if b is None else b)
+    z = h @ wd.T + bd
+    a = ACTIVATIONS[act][0](z)
+    dz = (g2 @ wu) * ACTIVATIONS[act][1](z)
+    dh = g2 + dz @ wd
+    return {"x": (dh @ w).reshape(x.shape), "w": dh.T @ x2, "b": dh.sum(0), "wd": dz.T @ h, "bd": dz.sum(0),
+            "wu": g2.T @ a, "bu": g2.sum(0)}
+
+
+def low_rank_factor_grads(d_weight_out_in, left, right):
+    """Gradients of the factors of W = (L·R)ᵀ ([out, in]) from the gradient of W: (dL, dR)."""
+    dm = d_weight_out_in.T  # [in, out], the gradient of L·R
+    return dm @ right.T.astype(np.float64), left.T.astype(np.float64) @ dm
+
+
+def prefix_mlp_forward(e, w1, b1, w2, b2):
+    """W2·tanh(W1·e + b1) + b2 per row of e ([P, embed]), float64."""
+    return np.tanh(e.astype(np.float64) @ w1.T + b1) @ w2.T + b2
+
+
+def prefix_mlp_grads(e, w1, b1, w2, b2, g):
+    """Gradients of sum(g * prefix_mlp_forward): (de, dw1, db1, dw2, db2)."""
+    e = e.astype(np.float64)
+    t = np.tanh(e @ w1.T + b1)
+    dt = (g @ w2) * (1.0 - t ** 2)
+    return dt @ w1, dt.T @ e, dt.sum(0), g.T @ t, g.sum(0)
+
+
+def rdrop_loss(logits, labels, alpha=4.0):
+    """Mean cross-entropy over all rows + alpha/4 · (KL(p1‖p0) + KL(p0‖p1)) summed, rows 2i / 2i+1 paired."""
+    logits = logits.astype(np.float64)
+    logp = log_softmax(logits)
+    ce = -logp[np.arange(len(labels)), labels].mean()
+    l0, l1 = logp[0::2], logp[1::2]
+    kl = (np.exp(l1) * (l1 - l0)).sum() + (np.exp(l0) * (l0 - l1)).sum()
+    return ce + alpha / 4.0 * kl
+
+
 def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 

@@ -187,7 +187,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     plan = _plan_from_file(net, meta)
     if plan is None:
         params, cells = dict(net.parameters_and_names()), first_adapter_cells(net)
-        held = set(_first_adapter_params(net)) | set(_saved_params(net))
+        held = set(_first_adapter_params(net)) | set(_saved_params(net)) | set(_delta_params(net))
     else:  # a plain network: the LoRA cells the file's pet_config describes, checked before they go in
         params, cells = plan.parameters(), plan.lora_cells()
         ids = {id(p) for cell in cells.values() for p in cell.adapter_parameters().values()}
@@ -291,6 +291,15 @@ def _saved_params(net):
     held = {id(p) for path, cell in net.cells_and_names() if path and config.saves_module(path)
             for p in cell.get_parameters()}
     return {name: p for name, p in net.parameters_and_names() if id(p) in held}
+
+
+def _delta_params(net):
+    """{name: Parameter} of the delta cells of a network built by another method than LoRA (its pet_config's
+    ``delta_mark``: the adapters' ``mindpet_delta_adapter...``), which an adapter file must hold."""
+    mark = getattr(getattr(net, "pet_config", None), "delta_mark", "lora")
+    if mark == "lora":
+        return {}
+    return {name: p for name, p in net.parameters_and_names() if f"mindpet_delta_{mark}" in name}
 
 
 def _check_cells(cells, mapping, meta, path, strict):

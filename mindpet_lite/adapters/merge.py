@@ -55,6 +55,11 @@ __all__ = ["merge_weights", "merge_checkpoint", "unmerge_checkpoint", "merge_ful
 LAYOUTS = ("auto", "out_in", "in_out")
 
 
+# methods whose adapter is no change of the base weights (merge refuses them, saying why)
+_NON_LINEAR = "has a non-linearity between its down and up projections, so it is no change of a dense weight"
+NOT_MERGEABLE = {"adapter": _NON_LINEAR, "low_rank_adapter": _NON_LINEAR}
+
+
 def _check_scaling(scaling):
     if scaling is None:
         return None
@@ -200,6 +205,9 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
             an ambiguous layout, extras on unmerge.
     """
     tensors, meta = _as_adapter(adapter)
+    if _meta.pet_type_of(meta) in NOT_MERGEABLE:
+        raise ValueError(f"merge: the adapter is pet_type {_meta.pet_type_of(meta)!r}, which "
+                         f"{NOT_MERGEABLE[_meta.pet_type_of(meta)]}: load it onto a network built with its pet_config")
     weights = _as_base(base, base_strategy)
     magnitudes, rest = split_magnitudes(tensors)
     pairs, extras = split_lora_pairs(rest)

@@ -43,15 +43,16 @@ from mindspore import nn
 from mindpet_lite import _checks, _files
 from mindpet_lite._version import __version__
 from mindpet_lite.adapters.mcore import layout_from_config
-from mindpet_lite.adapters.names import LORA_MARK, is_mcore_module
+from mindpet_lite.adapters.names import is_mcore_module
 from mindpet_lite.graph.adapters import first_adapter_cells
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet import variants
-from mindpet_lite.pet.config import LoraConfig
+from mindpet_lite.pet.config import CONFIG_TYPES, LoraConfig, load_pet_config
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DELTA_MARK = "mindpet_delta_"  # every delta parameter's name holds it (LoRA's: mindpet_delta_lora_)
 CKPT_META_KEY = "__mindpet_lite_metadata__"
 ST_META_KEY = "mindpet_lite"
 _META_KEYS = {"ckpt": CKPT_META_KEY, "safetensors": ST_META_KEY}
@@ -61,8 +62,8 @@ _META_KEYS = {"ckpt": CKPT_META_KEY, "safetensors": ST_META_KEY}
 # the document
 # ------------------------------------------------------------------------------------------------
 def base_fingerprint(net_or_shapes):
-    """``{"sha256", "params", "numel"}`` of the base model: the sorted (name, shape) of the non-LoRA
-    parameters of a network (or of a ``{name: shape}`` dict)."""
+    """``{"sha256", "params", "numel"}`` of the base model: the sorted (name, shape) of the non-delta
+    parameters (no ``mindpet_delta_`` in the name) of a network (or of a ``{name: shape}`` dict)."""
     if isinstance(net_or_shapes, nn.Cell):
         shapes = {name: tuple(p.shape) for name, p in net_or_shapes.parameters_and_names()}
     elif isinstance(net_or_shapes, dict):
@@ -70,17 +71,20 @@ def base_fingerprint(net_or_shapes):
     else:
         raise TypeError(f"net must be a mindspore.nn.Cell or a dict of name -> shape, "
                         f"got {_checks.describe(net_or_shapes)}")
-    base = sorted((n, s) for n, s in shapes.items() if LORA_MARK not in n)
+    base = sorted((n, s) for n, s in shapes.items() if DELTA_MARK not in n)
     digest = hashlib.sha256("\n".join(f"{n}:{list(s)}" for n, s in base).encode()).hexdigest()
     return {"sha256": digest, "params": len(base), "numel": int(sum(math.prod(s) for _, s in base))}
 
 
 def build_metadata(config, fingerprint, source="mindpet_lite", **extra):
-    """The metadata dict of an adapter described by ``config`` (a LoraConfig or None)."""
-    meta = {"format_version": FORMAT_VERSION, "kind": "lora_adapter", "toolkit": "mindpet_lite",
+    """The metadata dict of an adapter described by ``config`` (a LoraConfig, another pet config, or None).
+    ``kind`` is 'lora_adapter', 'adapter', 'low_rank_adapter', ... (``<pet_type>_adapter``); ``scaling`` is LoRA's only."""
+    pet_type = getattr(config, "pet_type", "lora")
+    kind = pet_type if pet_type.endswith("adapter") else f"{pet_type}_adapter"
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, "toolkit": "mindpet_lite",
             "toolkit_version": __version__, "source": source,
             "pet_config": config.to_dict() if config is not None else None,
-            "scaling": config.scaling if config is not None else None, "base_fingerprint": fingerprint}
+            "scaling": getattr(config, "scaling", None), "base_fingerprint": fingerprint}
     meta.update(extra)
     return meta
 
@@ -159,7 +163,7 @@ def lora_config(metadata):
     disagrees with the config's is an error: the file does not describe its own weights.
     """
     cfg = dict((metadata or {}).get("pet_config") or {})
-    if not cfg:
+    if not cfg or str(cfg.get("pet_type", "lora")).lower() != "lora":  # another method: pet_config_of
         return None
     for key in ("lora_a_init", "lora_b_init"):
         value = cfg.get(key)
@@ -177,9 +181,23 @@ def lora_config(metadata):
     return config
 
 
+def pet_type_of(metadata):
+    """The pet_type an adapter's metadata records ('lora' for files without one)."""
+    return str(((metadata or {}).get("pet_config") or {}).get("pet_type", "lora")).lower()
+
+
+def pet_config_of(metadata):
+    """The adapter's validated pet config of any pet_type (``lora_config`` for LoRA), or None."""
+    cfg = dict((metadata or {}).get("pet_config") or {})
+    if not cfg or str(cfg.get("pet_type", "lora")).lower() == "lora":
+        return lora_config(metadata)
+    return load_pet_config(cfg, section="adapter metadata pet_config")
+
+
 def pet_config_from_metadata(metadata):
-    """The adapter's ``LoraConfig`` (build the network with it to load the adapter)."""
-    config = lora_config(metadata)
+    """The adapter's pet config (a LoraConfig, or an AdapterConfig ... for other methods): build the
+    network with it to load the adapter."""
+    config = pet_config_of(metadata)
     if config is None:
         raise ValueError("the adapter's metadata holds no pet_config")
     return config
@@ -210,6 +228,10 @@ def adapter_config(net, config=None):
     cells = first_adapter_cells(net)
     if config is None:
         config = getattr(net, "pet_config", None)
+    if isinstance(config, dict) and str(config.get("pet_type", "lora")).lower() != "lora":
+        config = load_pet_config(config)
+    if isinstance(config, CONFIG_TYPES) and not isinstance(config, LoraConfig):
+        return config  # another method (adapter, ...): it has no LoRA cells to agree with
     if config is None:
         config = _mindformers_config(net)
     if config is None:

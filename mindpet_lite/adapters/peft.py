@@ -98,6 +98,21 @@ def _target_modules(hf_modules, lora_config):
     return "^(?:" + "|".join(re.escape(p) for p in sorted(hf_modules)) + ")$"
 
 
+# methods of this toolkit that HF PEFT has no tuner for: export refuses them, saying why
+NO_PEFT_METHOD = {
+    "adapter": "HF PEFT has no Adapter (Houlsby bottleneck) tuner",
+    "low_rank_adapter": "HF PEFT has no LowRankAdapter (Compacter) tuner",
+}
+
+
+def _refuse_non_peft(meta):
+    pet_type = _meta.pet_type_of(meta)
+    if pet_type in NO_PEFT_METHOD:
+        raise ValueError(f"export_peft: the adapter is pet_type {pet_type!r} and {NO_PEFT_METHOD[pet_type]}: there is "
+                         "nothing to convert it to; use the mindpet_lite adapter file (get_pet_model with its "
+                         "pet_config, then load_adapter)")
+
+
 def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None, use_rslora=None, overwrite=False,  # pylint: disable=too-many-arguments
                 model_config=None):
     """Write a Hugging Face PEFT LoRA directory from an adapter.
@@ -132,6 +147,7 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         tensors, meta = _files.to_numpy_dict(adapter[0], "adapter"), dict(adapter[1] or {})
     else:
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
+    _refuse_non_peft(meta)
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
     _check_override(lora_config, lora_alpha, use_rslora)
     if not _meta.is_ours(meta):  # a MindFormers checkpoint also holds base weights and optimizer states

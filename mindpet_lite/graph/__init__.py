@@ -1,4 +1,5 @@
-"""Freezing and parameter helpers, with MindPet's include / exclude semantics; a network's named adapters."""
+"""Freezing and parameter helpers, with MindPet's include / exclude semantics (BitFit: freeze_delta(net, 'bitfit'));
+a network's named adapters; TrainableParamsCheckPoint."""
 from mindpet_lite.graph.adapters import (
     adapter_params,
     adapter_rows,
@@ -7,6 +8,7 @@ from mindpet_lite.graph.adapters import (
     list_adapters,
     set_adapter,
 )
+from mindpet_lite.graph.checkpoint import TrainableParamsCheckPoint
 from mindpet_lite.graph.freeze import (
     freeze_delta,
     freeze_from_config,
@@ -19,4 +21,4 @@ from mindpet_lite.graph.freeze import (
 
 __all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params", "lora_cells",
            "set_trainable_params", "trainable_params_report", "list_adapters", "set_adapter", "disable_adapter",
-           "delete_adapter", "adapter_params", "adapter_rows"]
+           "delete_adapter", "adapter_params", "adapter_rows", "TrainableParamsCheckPoint"]

@@ -36,16 +36,21 @@ from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
 from mindpet_lite.integrations import mcore as _mcore
 from mindpet_lite.integrations import mindformers as _mf
 from mindpet_lite.pet import variants
+from mindpet_lite.pet.adapter_model import apply_adapter
 from mindpet_lite.pet.config import load_pet_config
+from mindpet_lite.pet.targets import check_shared as _check_shared
+from mindpet_lite.pet.targets import no_match_message as _no_match_message
+from mindpet_lite.pet.targets import plan as _plan
+from mindpet_lite.pet.targets import swap as _swap
 
 logger = logging.getLogger(__name__)
 
-_LISTED_PATHS = 8  # how many existing dense-layer paths a zero-match error shows
 _FLOAT_FLAGS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def get_pet_model(network, pet_config):
-    """Apply LoRA to `network` in place and return it.
+    """Apply the pet_config's method to `network` in place and return it: LoRA, or (pet_type adapter /
+    low_rank_adapter) an adapter after every targeted dense layer (``pet/adapter_model.py``).
 
     Args:
         network (nn.Cell): the model; its targeted layers must be `nn.Dense` or (when mindformers
@@ -64,7 +69,10 @@ def get_pet_model(network, pet_config):
             layers that exist); a targeted layer is already a LoRADense.
         FileNotFoundError: a YAML path that does not exist.
     """
-    apply_lora(network, pet_config)
+    if not isinstance(network, nn.Cell):
+        raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
+    config = load_pet_config(pet_config)
+    _APPLY[config.pet_type](network, config)
     return network
 
 
@@ -82,6 +90,8 @@ def plan_lora(network, pet_config, extend=False):
     if not isinstance(network, nn.Cell):
         raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
     config = load_pet_config(pet_config)
+    if config.pet_type != "lora":
+        raise ValueError(f"plan_lora takes a LoRA pet_config, got pet_type {config.pet_type!r}: use get_pet_model")
     adapted = [path for path, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
     if adapted and not extend:
         raise ValueError(f"the network already holds {len(adapted)} LoRA layers ({', '.join(adapted[:3])}"
@@ -149,41 +159,6 @@ class LoraPlan:
 
 
 # ---- 1. plan ----------------------------------------------------------------------------------
-def _hit(regex, name, path):
-    return regex.match(name) is not None or regex.fullmatch(path) is not None
-
-
-def _plan(network, config):
-    """[(parent, attribute name, dotted path, cell)] of the targets, in tree order."""
-    target = config.target_regex
-    excludes = config.exclude_regexes
-    found = []
-    seen = {}  # id(target cell) -> path: a layer reachable at two paths cannot take one LoRA cell
-
-    def visit(cell, prefix):
-        for name, child in cell.name_cells().items():
-            if child is None:
-                continue
-            path = f"{prefix}.{name}" if prefix else name
-            if any(_hit(ex, name, path) for ex in excludes) or config.saves_module(path):
-                continue
-            if _hit(target, name, path) and config.in_layers(path):
-                if id(child) in seen:
-                    raise ValueError(f"target_modules selects one layer at two paths, {seen[id(child)]} "
-                                     f"and {path}: a shared layer cannot be replaced at both; exclude one "
-                                     "with exclude_layers")
-                seen[id(child)] = path
-                found.append((cell, name, path, child))
-            else:
-                visit(child, path)
-
-    visit(network, "")
-    for pattern, regex in zip(config.exclude_layers or [], excludes):
-        if not any(_hit(regex, path.rsplit(".", 1)[-1], path) for path, _ in network.cells_and_names() if path):
-            logger.warning("exclude_layers pattern %r matches no layer", pattern)
-    return found
-
-
 def _plan_saved(network, config):
     """{path: cell} of the modules_to_save (outermost matches); a name matching no cell is an error."""
     names = config.modules_to_save or []
@@ -214,51 +189,6 @@ def _check_layers(network, targets, config):
         for pattern in getattr(config, key):
             if not any(variants.pattern_key([pattern], p) for p in paths):
                 logger.warning("%s key %r matches no LoRA target", key, pattern)
-
-
-def _paths_by_cell(network):
-    """{id(cell): [every dotted path it is reachable at]} (cells_and_names gives each cell once)."""
-    paths = {}
-
-    def visit(cell, prefix):
-        for name, child in cell.name_cells().items():
-            if child is not None:
-                path = f"{prefix}.{name}" if prefix else name
-                paths.setdefault(id(child), []).append(path)
-                visit(child, path)
-
-    visit(network, "")
-    return paths
-
-
-def _check_shared(network, targets):
-    """A target reachable at a path the plan leaves out would stay a plain layer there, sharing the
-    weight but not the adapter: refuse, naming both paths."""
-    planned = {path for _, _, path, _ in targets}
-    all_paths = _paths_by_cell(network)
-    for _, _, path, cell in targets:
-        others = [p for p in all_paths.get(id(cell), []) if p != path and p not in planned]
-        if others:
-            raise ValueError(f"{path} is one layer shared with {', '.join(others)}: target_modules selects it at "
-                             f"{path} only, so {others[0]} would compute without the adapter; a shared layer "
-                             "cannot take LoRA (exclude all its paths with exclude_layers, or unshare it)")
-
-
-def _is_dense_like(cell):
-    return isinstance(cell, nn.Dense) or _mf.is_linear(cell) or _mcore.is_parallel_linear(cell)
-
-
-def _no_match_message(network, config):
-    dense = [path for path, cell in network.cells_and_names() if path and _is_dense_like(cell)]
-    if dense:
-        shown = ", ".join(dense[:_LISTED_PATHS]) + (", ..." if len(dense) > _LISTED_PATHS else "")
-        listing = f"dense layers in the network ({len(dense)}): {shown}"
-    else:
-        listing = ("the network has no nn.Dense, mindformers Linear or mcore ColumnParallelLinear / "
-                   "RowParallelLinear layer")
-    excl = f" (exclude_layers={config.exclude_layers!r})" if config.exclude_layers else ""
-    return (f"target_modules {config.target_modules!r} matched no layer{excl}: a target re.match-es "
-            f"a cell's attribute name or re.fullmatch-es its dotted path; {listing}")
 
 
 # ---- 2. build ---------------------------------------------------------------------------------
@@ -353,15 +283,5 @@ def _lora_prefixes(network, targets):
     return prefixes
 
 
-# ---- 3. swap ----------------------------------------------------------------------------------
-def _swap(parent, attr, old, new, prefix):
-    """Put `new` where `old` was and fix the parameter names MindSpore's assignment changed."""
-    base_names = {id(p): p.name for _, p in old.parameters_and_names()}
-    if isinstance(parent, nn.SequentialCell):
-        parent[list(parent.name_cells()).index(attr)] = new
-    elif isinstance(parent, nn.CellList):
-        parent[int(attr)] = new
-    else:
-        setattr(parent, attr, new)
-    for local, param in new.parameters_and_names():
-        param.name = base_names.get(id(param), f"{prefix}.{local}")
+# pet_type -> how it is applied (pet/config.py's PET_CONFIGS has the matching config classes)
+_APPLY = {"lora": apply_lora, "adapter": apply_adapter, "low_rank_adapter": apply_adapter}

@@ -273,7 +273,8 @@ def finetune(run_config, after_train=None):
         _recompute(net, cfg.backend)
     share = net.pet_summary
     if rank_id == 0:
-        cb.say(f"LoRA: {share['num_replaced']} layers, trainable {share['trainable']:,} / {share['total']:,} "
+        method = "LoRA" if net.pet_config.pet_type == "lora" else net.pet_config.pet_type
+        cb.say(f"{method}: {share['num_replaced']} layers, trainable {share['trainable']:,} / {share['total']:,} "
                f"parameters ({share['percent']:.3f}%)")
 
     trainer = Trainer(net, cfg.optimizer, cfg.lr_schedule, cfg.wrapper, total,
