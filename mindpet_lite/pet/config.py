@@ -15,6 +15,7 @@ from mindpet_lite import _checks
 from mindpet_lite.delta.lora import lora_scaling
 from mindpet_lite.delta.lora_init import parse_weight_init
 from mindpet_lite.pet import variants
+from mindpet_lite.pet.prefix_config import PrefixTuningConfig, Ptuning2Config
 
 PET_TYPES = ("lora",)
 INIT_LORA_WEIGHTS = (True, "gaussian", "pissa", "pissa_niter_<N>", "olora")  # PEFT's names
@@ -107,17 +108,8 @@ class LoraConfig:
     def from_yaml(cls, path):
         """From a YAML file holding only the block, a `pet_config:` mapping, or a whole MindFormers
         run YAML (model.model_config.pet_config)."""
-        data = _checks.load_mapping(path, "pet_config")
-        if "model" in data:
-            block = data
-            for key in ("model", "model_config", "pet_config"):
-                block = block.get(key) if isinstance(block, dict) else None
-            if block is None:
-                raise ValueError(f"{path}: a run YAML must carry model.model_config.pet_config")
-            return cls.from_dict(block, section=f"{path}: model.model_config.pet_config")
-        if "pet_config" in data:
-            return cls.from_dict(data["pet_config"], section=f"{path}: pet_config")
-        return cls.from_dict(data, section=path)
+        block, section = read_pet_block(path)
+        return cls.from_dict(block, section=section)
 
     def to_dict(self):
         """JSON-able dict (dtypes by name) that `from_dict` reads back."""
@@ -250,12 +242,47 @@ class LoraConfig:
         return value
 
 
-def load_pet_config(source):
-    """A LoraConfig from a LoraConfig, a dict, or a YAML path (block or whole run YAML)."""
-    if isinstance(source, LoraConfig):
+def read_pet_block(path):
+    """``(block, section)``: the pet_config mapping of a YAML file holding only the block, a
+    `pet_config:` mapping, or a whole MindFormers run YAML (model.model_config.pet_config)."""
+    data = _checks.load_mapping(path, "pet_config")
+    if "model" in data:
+        block = data
+        for key in ("model", "model_config", "pet_config"):
+            block = block.get(key) if isinstance(block, dict) else None
+        if block is None:
+            raise ValueError(f"{path}: a run YAML must carry model.model_config.pet_config")
+        return block, f"{path}: model.model_config.pet_config"
+    if "pet_config" in data:
+        return data["pet_config"], f"{path}: pet_config"
+    return data, path
+
+
+# pet_type -> its config class: the one place a pet_type is dispatched on (pet/model.py has the
+# matching table of how each is applied)
+PET_CONFIGS = {"lora": LoraConfig, "ptuning2": Ptuning2Config, "prefixtuning": PrefixTuningConfig}
+CONFIG_TYPES = tuple(PET_CONFIGS.values())
+
+
+def config_class(block, section="pet_config"):
+    """The config class of a pet_config mapping, by its pet_type (default 'lora')."""
+    pet_type = block.get("pet_type", "lora") if isinstance(block, dict) else "lora"
+    if not isinstance(pet_type, str) or pet_type.lower() not in PET_CONFIGS:
+        hint = _checks.closest(pet_type, PET_CONFIGS) if isinstance(pet_type, str) else None
+        hint = f"; did you mean {hint!r}?" if hint else ""
+        raise ValueError(f"{section}: pet_type must be one of {list(PET_CONFIGS)}, got "
+                         f"{_checks.describe(pet_type)}{hint}")
+    return PET_CONFIGS[pet_type.lower()]
+
+
+def load_pet_config(source, section="pet_config"):
+    """A pet config (LoraConfig, Ptuning2Config, PrefixTuningConfig) from such an object, a dict, or a
+    YAML path (block or whole run YAML); a dict or block is read by its pet_type."""
+    if isinstance(source, CONFIG_TYPES):
         return source
-    if isinstance(source, dict):
-        return LoraConfig.from_dict(source)
     if isinstance(source, str):
-        return LoraConfig.from_yaml(source)
-    raise TypeError(f"pet_config must be a LoraConfig, a dict or a YAML path, got {_checks.describe(source)}")
+        source, section = read_pet_block(source)
+    if isinstance(source, dict):
+        return config_class(source, section).from_dict(source, section=section)
+    raise TypeError(f"{section} must be a LoraConfig, Ptuning2Config, PrefixTuningConfig, a dict or a YAML path, "
+                    f"got {_checks.describe(source)}")

@@ -34,6 +34,7 @@ from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
 from mindpet_lite.integrations import mindformers as _mf
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.config import load_pet_config
+from mindpet_lite.pet.prefix_model import apply_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ _FLOAT_FLAGS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def get_pet_model(network, pet_config):
-    """Apply LoRA to `network` in place and return it.
+    """Apply the pet_config's method to `network` in place and return it: LoRA, or (pet_type
+    ptuning2 / prefixtuning) a trainable prefix of every attention layer (``pet/prefix_model.py``).
 
     Args:
         network (nn.Cell): the model; its targeted layers must be `nn.Dense` or (when mindformers
@@ -60,7 +62,10 @@ def get_pet_model(network, pet_config):
             layers that exist); a targeted layer is already a LoRADense.
         FileNotFoundError: a YAML path that does not exist.
     """
-    apply_lora(network, pet_config)
+    if not isinstance(network, nn.Cell):
+        raise TypeError(f"network must be a mindspore.nn.Cell, got {_checks.describe(network)}")
+    config = load_pet_config(pet_config)
+    _APPLY[config.pet_type](network, config)
     return network
 
 
@@ -311,3 +316,7 @@ def _swap(parent, attr, old, new, prefix):
         setattr(parent, attr, new)
     for local, param in new.parameters_and_names():
         param.name = base_names.get(id(param), f"{prefix}.{local}")
+
+
+# pet_type -> how it is applied (pet/config.py's PET_CONFIGS has the matching config classes)
+_APPLY = {"lora": apply_lora, "ptuning2": apply_prefix, "prefixtuning": apply_prefix}

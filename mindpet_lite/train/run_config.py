@@ -53,7 +53,7 @@ import yaml
 
 from mindpet_lite import _checks
 from mindpet_lite.models.llama_config import LlamaConfig
-from mindpet_lite.pet.config import LoraConfig
+from mindpet_lite.pet.config import load_pet_config
 from mindpet_lite.train import run_schema as schema
 
 logger = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ class _Parser:
         if pet is None:
             raise ValueError("model.model_config.pet_config is missing: this runner fine-tunes with LoRA "
                              "(pet_type: lora, lora_rank, lora_alpha, lora_dropout, target_modules)")
-        cfg.pet_config = LoraConfig.from_dict(pet, section="model.model_config.pet_config")
+        cfg.pet_config = load_pet_config(pet, section="model.model_config.pet_config")
 
         use_mf = (cfg.arch_type in MINDFORMERS_ARCHS and cfg.device_target == "Ascend"
                   and importlib.util.find_spec("mindformers") is not None)
