@@ -46,8 +46,11 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
-from mindpet_lite.models.llama_config import LlamaConfig, _as_config, count_params, llama_param_shapes, rotary_tables
+from mindpet_lite.models.llama_config import (LlamaConfig, _as_config, check_prefix_encoder, count_params,
+                                              llama_param_shapes, rotary_tables)
 from mindpet_lite.models.generation import generate as _generate
+from mindpet_lite.models.llama_ops import (_Softmax, _apply_rotary, _heads_first, _heads_last, _mean_rows,
+                                           _same_shape)
 from mindpet_lite.models.loss import causal_lm_loss, token_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -112,65 +115,6 @@ class LlamaRMSNorm(nn.Cell):
         x = x * _same_shape(ops.rsqrt(variance + self.eps), x)
         x = x * _same_shape(ops.cast(self.weight, self.compute_type), x)
         return ops.reshape(ops.cast(x, self.out_type), shape)
-
-
-def _same_shape(t, like):
-    """``t`` broadcast to ``like``'s shape, explicitly.
-
-    MindSpore's CPU kernels for a broadcasting Mul / Add / Sub / RealDiv keep, for the life of the
-    compiled graph, two int64 index arrays of the output's size (4x a float32 output) per kernel,
-    forward and backward: ~0.8 GB of resident memory for the tiny benchmark Llama (benchmarks/README.md).
-    A BroadcastTo followed by a same-shape product keeps none; its output is ordinary pooled memory."""
-    return ops.broadcast_to(t, like.shape)
-
-
-_ROW_SUM = ops.ReduceSum(keep_dims=True)
-_ROW_MEAN = ops.ReduceMean(keep_dims=True)
-
-
-def _sum_rows(x):
-    """Sum over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
-    return _ROW_SUM(x, 1)
-
-
-def _mean_rows(x):
-    """Mean over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
-    return _ROW_MEAN(x, 1)
-
-
-def _apply_rotary(x, cos, sin, rotary_type, out_type):
-    """``x*cos + rotate_half(x)*sin`` on ``x [B, N, S, D]`` with tables ``[S, D]``."""
-    x = ops.cast(x, rotary_type)
-    half = x.shape[-1] // 2
-    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
-    return ops.cast(x * _same_shape(cos, x) + rotated * _same_shape(sin, x), out_type)
-
-
-def _heads_first(x, head_dim):
-    """``[B, S, N*D] -> [B, N, S, D]``, by Split + Stack.
-
-    Same as reshape + transpose(0, 2, 1, 3), but MindSpore's CPU Transpose kernel keeps an int64
-    position array of the tensor's size per kernel (8 MB per transpose of the benchmark's larger
-    Llama, 8 of them a layer with the backward); Split, Stack, Unstack and Concat keep none."""
-    return ops.stack(ops.split(x, head_dim, axis=-1), 1)
-
-
-def _heads_last(x):
-    """``[B, N, S, D] -> [B, S, N*D]``, by Unstack + Concat (see _heads_first)."""
-    return ops.concat(ops.unstack(x, 1), -1)
-
-
-class _Softmax(nn.Cell):
-    """Softmax over the last axis; its backward ``y * (dy - sum(dy * y))`` with the sum broadcast
-    explicitly (MindSpore's own expansion subtracts with a broadcasting Sub, see _same_shape)."""
-
-    def construct(self, x):
-        return ops.softmax(x, -1)
-
-    def bprop(self, x, out, dout):  # pylint: disable=unused-argument
-        shape = dout.shape
-        inner = _sum_rows(ops.reshape(dout * out, (-1, shape[-1])))  # 2-D: see LlamaRMSNorm
-        return (out * (dout - ops.reshape(_same_shape(inner, ops.reshape(dout, (-1, shape[-1]))), shape)),)
 
 
 class LlamaAttention(nn.Cell):
@@ -332,12 +276,8 @@ class LlamaEmbedding(nn.Cell):
 
 class LlamaModel(nn.Cell):
     """Embedding, decoder layers and final norm: ``input_ids [B, S]`` -> hidden ``[B, S, H]``.
-
-    ``prefix_encoder`` (None, or a cell set by ``LlamaForCausalLM.set_prefix_encoder``) gives every
-    layer prefix keys / values that every query attends to; the real tokens keep rotary positions
-    ``0..S-1`` (MindFormers' rule). With the KV cache the prefix fills the cache's first T slots at
-    the prefill, so a decode step does not run the encoder.
-    """
+    ``prefix_encoder`` (see ``set_prefix_encoder``): T key / value slots every query sees; tokens keep
+    positions 0..S-1 (MindFormers'); the KV cache holds the prefix in its first T slots."""
 
     def __init__(self, config):
         super().__init__()
@@ -359,7 +299,7 @@ class LlamaModel(nn.Cell):
         self.prefix_length = 0
 
     def _prefix(self, batch, s):
-        """(per-layer prefix key / values or None, the ``[S, T + S]`` mask: every query sees every prefix slot)."""
+        """(per-layer prefix key / values or None, the ``[S, T + S]`` mask: every query sees the prefix)."""
         mask = self.causal_mask[:s, :s]
         if self.prefix_encoder is None:
             return None, mask
@@ -401,8 +341,8 @@ class LlamaModel(nn.Cell):
 
     def decode(self, input_ids, positions, caches, rows=None):
         """One token a row, ``input_ids [B, 1]`` at ``positions [B]`` (int32): writes its keys / values
-        at cache row ``T + position`` (T the prefix length) and attends to rows ``0..T+position``. Returns ``(hidden [B, 1, H],
-        caches)``. ``rows``: each row's adapter selection (see _project), or None."""
+        at cache row ``T + position`` (T: prefix length) and attends to rows ``0..T+position``. Returns
+        ``(hidden [B, 1, H], caches)``. ``rows``: each row's adapter selection (see _project), or None."""
         b = input_ids.shape[0]
         length = caches[0].shape[2]
         cos = ops.reshape(ops.gather(self.freqs_cos, positions, 0), (b, 1, 1, -1))
@@ -493,19 +433,8 @@ class LlamaForCausalLM(nn.Cell):
 
     # -- generation (models/generation.py calls these through graph cells of its own) -------------
     def set_prefix_encoder(self, encoder):
-        """Give every layer prefix keys / values: ``encoder(batch_size, dtype)`` returns one
-        ``[2, B, n_kv_heads, T, head_dim]`` tensor a layer and has ``pre_seq_len`` (T) (e.g.
-        ``delta.PrefixEncoder``; ``pet/prefix_model.py`` attaches it). None removes it."""
-        cfg = self.config
-        if encoder is not None:
-            if not isinstance(encoder, nn.Cell):
-                raise TypeError(f"encoder must be a mindspore.nn.Cell or None, got {type(encoder).__name__}")
-            got = (getattr(encoder, "num_layers", None), getattr(encoder, "num_heads", None),
-                   getattr(encoder, "kv_channels", None))
-            want = (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim)
-            if got != want or not isinstance(getattr(encoder, "pre_seq_len", None), int):
-                raise ValueError(f"encoder must make (num_layers, num_heads, kv_channels) = {want} (the model's "
-                                 f"layers, KV heads and head size) and have an int pre_seq_len, got {got}")
+        """Prefix keys / values for every layer (see ``check_prefix_encoder``; None removes them)."""
+        check_prefix_encoder(encoder, self.config)
         self.model.prefix_encoder = encoder
         self.model.prefix_length = 0 if encoder is None else encoder.pre_seq_len
 
