@@ -20,6 +20,7 @@ from mindpet_lite.adapters.named import load_named_adapter, named_adapter_tensor
 from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
+from mindpet_lite.adapters.prefix import prefix_metadata, prefix_tensors_required
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
 from mindpet_lite.graph.adapters import extra_adapter_params
@@ -96,6 +97,8 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
     started = lora_config
     tensors, lora_config = convert_weight_init(net, tensors, lora_config)  # PiSSA / OLoRA: plain LoRA of W
     extra = {}
+    if prefix_metadata(net) is not None:  # what an export needs without the model
+        extra["prefix"] = prefix_metadata(net)
     if started is not None and lora_config is not started:  # where the rank-2r pairs came from
         extra["converted_from"] = {key: started.to_dict()[key] for key in ("init_lora_weights", "lora_rank", "lora_alpha")}
     return _write(net, path, fmt, tensors, lora_config, base_fingerprint, extra)
@@ -176,7 +179,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     if ambiguous:
         detail = "; ".join(f"{k} -> {v}" for k, v in sorted(ambiguous.items())[:8])
         raise ValueError(f"{path}: adapter keys match the network ambiguously: {detail}")
-    net_lora = set(get_adapter_params(net)) | set(_saved_params(net))
+    net_lora = set(get_adapter_params(net)) | set(_saved_params(net)) | prefix_tensors_required(net)
     missing = sorted(net_lora - set(mapping.values()))
     problems = []
     if missing:

@@ -40,7 +40,8 @@ from mindpet_lite._version import __version__
 from mindpet_lite.adapters.names import LORA_MARK
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet import variants
-from mindpet_lite.pet.config import LoraConfig
+from mindpet_lite.adapters.prefix import PREFIX_MARKS, is_prefix_config
+from mindpet_lite.pet.config import LoraConfig, load_pet_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,18 @@ def base_fingerprint(net_or_shapes):
     else:
         raise TypeError(f"net must be a mindspore.nn.Cell or a dict of name -> shape, "
                         f"got {_checks.describe(net_or_shapes)}")
-    base = sorted((n, s) for n, s in shapes.items() if LORA_MARK not in n)
+    base = sorted((n, s) for n, s in shapes.items() if LORA_MARK not in n and not any(m in n for m in PREFIX_MARKS))
     digest = hashlib.sha256("\n".join(f"{n}:{list(s)}" for n, s in base).encode()).hexdigest()
     return {"sha256": digest, "params": len(base), "numel": int(sum(math.prod(s) for _, s in base))}
 
 
 def build_metadata(config, fingerprint, source="mindpet_lite", **extra):
-    """The metadata dict of an adapter described by ``config`` (a LoraConfig or None)."""
-    meta = {"format_version": FORMAT_VERSION, "kind": "lora_adapter", "toolkit": "mindpet_lite",
+    """The metadata dict of an adapter described by ``config`` (a LoraConfig, a prefix config, or None)."""
+    kind = "prefix_adapter" if is_prefix_config(config) else "lora_adapter"
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, "toolkit": "mindpet_lite",
             "toolkit_version": __version__, "source": source,
             "pet_config": config.to_dict() if config is not None else None,
-            "scaling": config.scaling if config is not None else None, "base_fingerprint": fingerprint}
+            "scaling": getattr(config, "scaling", None), "base_fingerprint": fingerprint}
     meta.update(extra)
     return meta
 
@@ -136,7 +138,7 @@ def lora_config(metadata):
     disagrees with the config's is an error: the file does not describe its own weights.
     """
     cfg = dict((metadata or {}).get("pet_config") or {})
-    if not cfg:
+    if not cfg or str(cfg.get("pet_type", "lora")).lower() != "lora":
         return None
     for key in ("lora_a_init", "lora_b_init"):
         value = cfg.get(key)
@@ -154,9 +156,20 @@ def lora_config(metadata):
     return config
 
 
+def pet_config_or_none(metadata):
+    """The adapter's pet config of any pet_type (``pet.load_pet_config``), or None without one."""
+    cfg = (metadata or {}).get("pet_config")
+    if not cfg:
+        return None
+    if str(cfg.get("pet_type", "lora")).lower() == "lora":
+        return lora_config(metadata)
+    return load_pet_config(dict(cfg), section="adapter metadata pet_config")
+
+
 def pet_config_from_metadata(metadata):
-    """The adapter's ``LoraConfig`` (build the network with it to load the adapter)."""
-    config = lora_config(metadata)
+    """The adapter's pet config: a ``LoraConfig`` or a prefix config (build the network with it to load
+    the adapter)."""
+    config = pet_config_or_none(metadata)
     if config is None:
         raise ValueError("the adapter's metadata holds no pet_config")
     return config
@@ -193,7 +206,9 @@ def adapter_config(net, config=None):
             return None
         config = _describe_cells(cells)
     if isinstance(config, dict):
-        config = LoraConfig.from_dict(config)
+        config = load_pet_config(config)
+    if is_prefix_config(config):  # no LoRA cells to check: the tensors' shapes are checked on load
+        return config
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
     for name, cell in cells.items():  # each layer's own rank / alpha (rank_pattern / alpha_pattern)

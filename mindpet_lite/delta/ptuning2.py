@@ -113,11 +113,10 @@ class PrefixEncoder(nn.Cell):
 
         mark = f"mindpet_delta_{self._MARK}"
         self.out_embed_dim = self.num_layers * 2 * self.num_heads * self.kv_channels
-        # the row indices 0..pre_seq_len-1: a constant, kept as a frozen Parameter under MindPet's name
-        setattr(self, f"{mark}_prefix",
-                ms.Parameter(ms.Tensor(np.arange(self.pre_seq_len, dtype=np.int32)), name=f"{mark}_prefix", requires_grad=False))
+        # the row indices 0..pre_seq_len-1: MindPet keeps them as a frozen Parameter
+        # (mindpet_delta_ptuning2_prefix); a constant here, so no checkpoint or init can change them
+        self.prefix_tokens = ms.Tensor(np.arange(self.pre_seq_len, dtype=np.int32))
         setattr(self, f"{mark}_embedding", PrefixEmbedding(self.pre_seq_len, self.out_embed_dim, dp, mp, vocab_emb_dp))
-        self._prefix = f"{mark}_prefix"
         self._embedding = f"{mark}_embedding"
         if self.prefix_projection:
             setattr(self, f"{mark}_dense_in", nn.Dense(self.out_embed_dim, self.projection_dim))
@@ -133,7 +132,7 @@ class PrefixEncoder(nn.Cell):
         self.split_layers = ops.Split(axis=0, output_num=self.num_layers)
 
     def construct(self, batch_size, dtype=mstype.float16):
-        tokens = self.tile(self.expand_dims(getattr(self, self._prefix), 0), (batch_size, 1))
+        tokens = self.tile(self.expand_dims(self.prefix_tokens, 0), (batch_size, 1))
         kv = getattr(self, self._embedding)(tokens)  # [B, T, out_embed_dim]
         if self.prefix_projection:
             # 3-D input: nn.Dense folds the leading axes itself
