@@ -46,6 +46,7 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
+from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
 from mindpet_lite.models.llama_config import (LlamaConfig, _as_config, check_prefix_encoder, count_params,
                                               llama_param_shapes, rotary_tables)
 from mindpet_lite.models.generation import generate as _generate
@@ -437,6 +438,7 @@ class LlamaForCausalLM(nn.Cell):
         check_prefix_encoder(encoder, self.config)
         self.model.prefix_encoder = encoder
         self.model.prefix_length = 0 if encoder is None else encoder.pre_seq_len
+        invalidate_compiled_graphs(self)  # the encoder is a constant of compiled graphs
 
     def new_cache(self, batch_size, length):
         """Zero KV caches for ``batch_size`` rows of ``length`` positions (plus the prefix's, if any):

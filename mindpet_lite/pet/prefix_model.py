@@ -11,7 +11,6 @@ import logging
 from mindspore import nn
 
 from mindpet_lite import _checks
-from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
 from mindpet_lite.delta.lora import LoRADense
 from mindpet_lite.delta.ptuning2 import PrefixEncoder, PrefixTuningEncoder
 from mindpet_lite.graph.freeze import freeze_delta, trainable_params_report
@@ -58,12 +57,11 @@ def apply_prefix(network, config):
     if lora:
         raise ValueError(f"the network holds {len(lora)} LoRA layers ({lora[0]}, ...): one pet_type per network")
     encoder = build_prefix_encoder(network.config, config)
-    network.set_prefix_encoder(encoder)
+    network.set_prefix_encoder(encoder)  # also makes graphs compiled without the prefix recompile
     mark = f"mindpet_delta_{config.delta_mark}"
     for name, param in network.parameters_and_names():  # names by path, as the other parameters have
         if mark in name:
             param.name = name
-    invalidate_compiled_graphs(network)  # a graph compiled without the prefix must not be reused
     freeze_delta(network, config.delta_mark, config.freeze_include, config.freeze_exclude)
     counts = trainable_params_report(network)
     summary = {"pet_type": config.pet_type, "pre_seq_len": encoder.pre_seq_len, "replaced": [], "num_replaced": 0,
