@@ -127,7 +127,8 @@ def _add_peft(sub):
     exp.add_argument("--lora-alpha", type=float, help="alpha, for adapters saved without metadata (an adapter "
                      "with metadata keeps its own; a different value is an error)")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
-    imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA directory to an adapter file")
+    imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA / PREFIX_TUNING directory to an "
+                                             "adapter file")
     imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
@@ -137,6 +138,10 @@ def _add_peft(sub):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
         config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha),
                                   overwrite=args.overwrite)
+        if config["peft_type"] == "PREFIX_TUNING":
+            print(f"exported: {args.out} (PREFIX_TUNING, {config['num_virtual_tokens']} virtual tokens, "
+                  f"prefix_projection={config['prefix_projection']})")
+            return
         print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
               f"target_modules={config['target_modules']})")
 
@@ -144,6 +149,9 @@ def _add_peft(sub):
         from mindpet_lite.adapters import peft  # pylint: disable=import-outside-toplevel
         tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite)
         cfg = meta["pet_config"]
+        if cfg["pet_type"] != "lora":
+            print(f"imported: {args.out} ({cfg['pet_type']}, pre_seq_len {cfg['pre_seq_len']})")
+            return
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
 

@@ -157,6 +157,10 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
     """
     weights = _as_base(base)
     tensors, meta = _as_adapter(adapter)
+    kind = ((meta or {}).get("pet_config") or {}).get("pet_type")
+    if kind in ("ptuning2", "prefixtuning"):
+        raise ValueError(f"a {kind} adapter cannot be merged into base weights: it adds key / value slots to "
+                         "every attention layer, not a weight update (load it onto the network instead)")
     magnitudes, rest = split_magnitudes(tensors)
     pairs, extras = split_lora_pairs(rest)
     _check_magnitudes(magnitudes, pairs, unmerge)

@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from mindpet_lite.adapters import (export_peft, import_peft, load_adapter, mindspore_to_hf,  # noqa: E402
-                                   pet_config_from_metadata, read_adapter, save_adapter)
+from mindpet_lite.adapters import (export_peft, import_peft, load_adapter, merge_weights,  # noqa: E402
+                                   mindspore_to_hf, pet_config_from_metadata, read_adapter, save_adapter)
+from mindpet_lite.cli import main  # noqa: E402
 from mindpet_lite.models.llama import LlamaForCausalLM  # noqa: E402
 from mindpet_lite.pet import Ptuning2Config, get_pet_model  # noqa: E402
 from tests.adapters.conftest import TINY_LLAMA, numpy_params, randomize  # noqa: E402
@@ -140,3 +141,14 @@ def test_prefix_file_round_trip_and_strict_load(tmp_path):
     assert all(np.array_equal(before[n], v) for n, v in numpy_params(other).items())
     with pytest.raises(ValueError, match="lora_alpha / use_rslora apply to LoRA"):
         export_peft(path, str(tmp_path / "peft"), lora_alpha=8)
+    with pytest.raises(ValueError, match="cannot be merged into base weights"):
+        merge_weights(numpy_params(_base()), path)
+
+
+def test_cli_exports_and_imports_a_prefix(tmp_path, capsys):
+    path = str(tmp_path / "a.safetensors")
+    save_adapter(_prefixed(PET_CONFIGS["prefixtuning"]), path)
+    assert main(["export-peft", "--adapter", path, "--out", str(tmp_path / "peft")]) == 0
+    assert "PREFIX_TUNING, 2 virtual tokens, prefix_projection=True" in capsys.readouterr().out
+    assert main(["import-peft", "--peft-dir", str(tmp_path / "peft"), "--out", str(tmp_path / "back.ckpt")]) == 0
+    assert "ptuning2, pre_seq_len 2" in capsys.readouterr().out
