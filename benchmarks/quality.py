@@ -31,6 +31,9 @@ loss per answer token, answer-token accuracy, exact match (every answer token ri
 
 BitFit (freeze_delta 'bitfit': biases only) has no row: the Llama has no biases. R-Drop (RDropLoss) is a
 classification loss over paired passes, not the causal-LM loss of this task.
+  P-Tuning v2 16  pet_type ptuning2, pre_seq_len 16: a trained key / value table per layer, no MLP
+  P-Tuning v2 16 +MLP   the same with prefix_projection (projection_dim 64)
+  prefixtuning 16 pet_type prefixtuning, prefix_token_num 16, mid_dim 64 (MindFormers' prefix tuning)
 """
 import argparse
 import importlib.util
@@ -58,11 +61,20 @@ METHOD_KEYS = {"Adapter wo/w2 b=8": {"pet_type": "adapter", "bottleneck_size": 8
                "LowRankAdapter wo/w2 rf=8 k=2": {"pet_type": "low_rank_adapter", "reduction_factor": 8,
                                                   "low_rank_size": 2}}
 CONFIGS += [(name, "adapter", None, HOULSBY) for name in METHOD_KEYS]
+# issue 21's prefix methods: the whole pet_config of each (the model's attention takes the prefix)
+PREFIX_KEYS = {
+    "P-Tuning v2 16": {"pet_type": "ptuning2", "pre_seq_len": 16, "prefix_projection": False, "dropout_prob": 0.0},
+    "P-Tuning v2 16 +MLP": {"pet_type": "ptuning2", "pre_seq_len": 16, "prefix_projection": True,
+                            "projection_dim": 64, "dropout_prob": 0.0},
+    "prefixtuning 16": {"pet_type": "prefixtuning", "prefix_token_num": 16, "mid_dim": 64, "dropout_rate": 0.0},
+}
+CONFIGS += [(name, "prefix", None, None) for name in PREFIX_KEYS]
 # (low, middle, high); --lr-grid 2 tries the middle and the low one. Single runs at 24 epochs: full
 # 1e-4 89.2% < 3e-4 98.8% exact match; LoRA attention r=4 1e-3 75.0% < 2e-3 96.7%, r=8 5e-3 diverged
 # to 48.8% (16 epochs); lm_head + norm 1e-2 52.5%.
 LR_GRID = {"full": (3e-4, 6e-4, 1e-3), "head": (3e-3, 1e-2, 3e-2), "lora": (2e-3, 3e-3, 5e-3),
-           "adapter": (1e-3, 3e-3, 1e-2)}
+           "adapter": (1e-3, 3e-3, 1e-2),
+           "prefix": (3e-3, 1e-2, 3e-2)}
 BATCH = 32
 
 
@@ -111,6 +123,8 @@ def run(args):
                             "lora_dropout": 0.0, "target_modules": args.targets, **VARIANT_KEYS.get(args.name, {})})
     elif args.kind == "adapter":
         get_pet_model(net, {"target_modules": args.targets, **METHOD_KEYS[args.name]})
+    elif args.kind == "prefix":
+        get_pet_model(net, PREFIX_KEYS[args.name])
     elif args.kind == "head":
         for name, p in net.parameters_and_names():
             p.requires_grad = name.startswith("lm_head.") or name.startswith("model.norm_out.")

@@ -137,7 +137,8 @@ def _add_peft(sub):
                           "model_config) telling how linear_qkv / linear_fc1 fuse q/k/v and gate/up; default: the "
                           "adapter's metadata")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output (never one of the inputs)")
-    imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA directory to an adapter file")
+    imp = sub.add_parser("import-peft", help="convert a Hugging Face PEFT LoRA / PREFIX_TUNING directory to an "
+                                             "adapter file")
     imp.add_argument("--peft-dir", required=True, help="directory with adapter_config.json and adapter_model.safetensors")
     imp.add_argument("--out", required=True, help="adapter file to write (.ckpt or .safetensors)")
     imp.add_argument("--format", choices=["ckpt", "safetensors"], help="must agree with the suffix of --out")
@@ -153,6 +154,10 @@ def _add_peft(sub):
         model_config = _checks.load_mapping(args.model_config, "--model-config") if args.model_config else None
         config = peft.export_peft(args.adapter, args.out, args.base_model, lora_alpha=_alpha(args.lora_alpha),
                                   overwrite=args.overwrite, model_config=model_config)
+        if config["peft_type"] == "PREFIX_TUNING":
+            print(f"exported: {args.out} (PREFIX_TUNING, {config['num_virtual_tokens']} virtual tokens, "
+                  f"prefix_projection={config['prefix_projection']})")
+            return
         print(f"exported: {args.out} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
               f"target_modules={config['target_modules']})")
 
@@ -162,6 +167,9 @@ def _add_peft(sub):
         tensors, meta = peft.import_peft(args.peft_dir, args.out, args.format, overwrite=args.overwrite,
                                          target=args.target, model_config=model_config)
         cfg = meta["pet_config"]
+        if cfg["pet_type"] != "lora":
+            print(f"imported: {args.out} ({cfg['pet_type']}, pre_seq_len {cfg['pre_seq_len']})")
+            return
         print(f"imported: {args.out} ({len(tensors)} tensors, rank {cfg['lora_rank']}, "
               f"alpha {cfg['lora_alpha']}, target_modules {cfg['target_modules']})")
 

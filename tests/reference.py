@@ -219,8 +219,20 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def reference_logits(p, cfg, ids):
-    """Logits [B, S, V] of a Llama with params ``p`` (name -> float64 array), one head at a time."""
+def prefix_layers(table, num_layers, num_heads, head_dim, w_in=None, b_in=None, w_out=None, b_out=None):
+    """P-Tuning v2's prefix: the table [T, L*2*N*D] (through tanh(x·W_inᵀ + b_in)·W_outᵀ + b_out when
+    given) read as row t = [layer, key/value, head, D]; returns [(keys [N, T, D], values [N, T, D])] a layer."""
+    kv = table.astype(np.float64)
+    if w_in is not None:
+        kv = np.tanh(kv @ w_in.T + b_in) @ w_out.T + b_out
+    kv = kv.reshape(kv.shape[0], num_layers, 2, num_heads, head_dim)
+    return [(kv[:, i, 0].transpose(1, 0, 2), kv[:, i, 1].transpose(1, 0, 2)) for i in range(num_layers)]
+
+
+def reference_logits(p, cfg, ids, prefix=None):
+    """Logits [B, S, V] of a Llama with params ``p`` (name -> float64 array), one head at a time.
+    ``prefix`` (from :func:`prefix_layers`): keys / values before each layer's, seen by every query,
+    not rotated; the tokens keep positions 0..S-1."""
     nh, nkv, eps = cfg["num_heads"], cfg.get("n_kv_heads") or cfg["num_heads"], cfg.get("rms_norm_eps", 1e-5)
     theta = cfg.get("theta", 10000.0)
     d = cfg["hidden_size"] // nh
@@ -240,9 +252,15 @@ def reference_logits(p, cfg, ids):
                 g = head // (nh // nkv)
                 qh = rotary(q[:, head * d:(head + 1) * d], theta)
                 kh = rotary(k[:, g * d:(g + 1) * d], theta)
-                scores = qh @ kh.T / np.sqrt(d) + causal
+                vh = v[:, g * d:(g + 1) * d]
+                mask = causal
+                if prefix is not None:
+                    kh = np.concatenate([prefix[i][0][g], kh])
+                    vh = np.concatenate([prefix[i][1][g], vh])
+                    mask = np.concatenate([np.zeros((s, prefix[i][0].shape[1])), causal], axis=1)
+                scores = qh @ kh.T / np.sqrt(d) + mask
                 w = np.exp(scores - scores.max(axis=1, keepdims=True))
-                heads.append((w / w.sum(axis=1, keepdims=True)) @ v[:, g * d:(g + 1) * d])
+                heads.append((w / w.sum(axis=1, keepdims=True)) @ vh)
             x = x + np.concatenate(heads, axis=1) @ p[pre + "attention.wo.weight"].T
             h = rms_norm(x, p[pre + "ffn_norm.weight"], eps)
             gate = silu(h @ p[pre + "feed_forward.w1.weight"].T) * (h @ p[pre + "feed_forward.w3.weight"].T)

@@ -20,6 +20,7 @@ from mindpet_lite.adapters.named import load_named_adapter, named_adapter_tensor
 from mindpet_lite.adapters.names import LORA_MARK, is_lora_name, is_state_key, resolve_names
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.adapters.peft import read_peft_adapter
+from mindpet_lite.adapters.prefix import prefix_metadata, prefix_tensors_required
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
 from mindpet_lite.graph.adapters import extra_adapter_params, first_adapter_cells
@@ -97,6 +98,8 @@ def save_adapter(net, path, format=None, config=None, base_fingerprint=None, ove
     started = lora_config
     tensors, lora_config = convert_weight_init(net, tensors, lora_config)  # PiSSA / OLoRA: plain LoRA of W
     extra = {}
+    if prefix_metadata(net) is not None:  # what an export needs without the model
+        extra["prefix"] = prefix_metadata(net)
     if started is not None and lora_config is not started:  # where the rank-2r pairs came from
         extra["converted_from"] = {key: started.to_dict()[key] for key in ("init_lora_weights", "lora_rank", "lora_alpha")}
     return _write(net, path, fmt, tensors, lora_config, base_fingerprint, extra)
@@ -187,7 +190,8 @@ def load_adapter(net, path, strict=True, adapter_name=None):
     plan = _plan_from_file(net, meta)
     if plan is None:
         params, cells = dict(net.parameters_and_names()), first_adapter_cells(net)
-        held = set(_first_adapter_params(net)) | set(_saved_params(net)) | set(_delta_params(net))
+        held = (set(_first_adapter_params(net)) | set(_saved_params(net)) | set(_delta_params(net))
+                | prefix_tensors_required(net))
     else:  # a plain network: the LoRA cells the file's pet_config describes, checked before they go in
         params, cells = plan.parameters(), plan.lora_cells()
         ids = {id(p) for cell in cells.values() for p in cell.adapter_parameters().values()}

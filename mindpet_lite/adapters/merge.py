@@ -205,6 +205,10 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
             an ambiguous layout, extras on unmerge.
     """
     tensors, meta = _as_adapter(adapter)
+    kind = ((meta or {}).get("pet_config") or {}).get("pet_type")
+    if kind in ("ptuning2", "prefixtuning"):
+        raise ValueError(f"a {kind} adapter cannot be merged into base weights: it adds key / value slots to "
+                         "every attention layer, not a weight update (load it onto the network instead)")
     if _meta.pet_type_of(meta) in NOT_MERGEABLE:
         raise ValueError(f"merge: the adapter is pet_type {_meta.pet_type_of(meta)!r}, which "
                          f"{NOT_MERGEABLE[_meta.pet_type_of(meta)]}: load it onto a network built with its pet_config")

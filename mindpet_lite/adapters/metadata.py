@@ -47,6 +47,7 @@ from mindpet_lite.adapters.names import is_mcore_module
 from mindpet_lite.graph.adapters import first_adapter_cells
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet import variants
+from mindpet_lite.adapters.prefix import is_prefix_config
 from mindpet_lite.pet.config import CONFIG_TYPES, LoraConfig, load_pet_config
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ def build_metadata(config, fingerprint, source="mindpet_lite", **extra):
     """The metadata dict of an adapter described by ``config`` (a LoraConfig, another pet config, or None).
     ``kind`` is 'lora_adapter', 'adapter', 'low_rank_adapter', ... (``<pet_type>_adapter``); ``scaling`` is LoRA's only."""
     pet_type = getattr(config, "pet_type", "lora")
-    kind = pet_type if pet_type.endswith("adapter") else f"{pet_type}_adapter"
+    if is_prefix_config(config):
+        kind = "prefix_adapter"
+    else:
+        kind = pet_type if pet_type.endswith("adapter") else f"{pet_type}_adapter"
     meta = {"format_version": FORMAT_VERSION, "kind": kind, "toolkit": "mindpet_lite",
             "toolkit_version": __version__, "source": source,
             "pet_config": config.to_dict() if config is not None else None,
@@ -239,7 +243,9 @@ def adapter_config(net, config=None):
             return None
         config = _describe_cells(cells)
     if isinstance(config, dict):
-        config = LoraConfig.from_dict(config)
+        config = load_pet_config(config)
+    if is_prefix_config(config):  # no LoRA cells to check: the tensors' shapes are checked on load
+        return config
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig, a pet_config dict or None, got {_checks.describe(config)}")
     for name, cell in cells.items():  # each layer's own rank / alpha (rank_pattern / alpha_pattern)

@@ -43,7 +43,7 @@ import numpy as np
 
 from mindpet_lite import _checks, _files
 from mindpet_lite.adapters import metadata as _meta
-from mindpet_lite.adapters import names
+from mindpet_lite.adapters import names, prefix
 from mindpet_lite.adapters import peft_mcore as _peft_mcore
 from mindpet_lite.delta.lora import LORA_A, LORA_B, LORA_MAGNITUDE
 from mindpet_lite.pet import variants
@@ -148,6 +148,13 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
     else:
         raise TypeError(f"adapter must be a file path or a (tensors, metadata) pair, got {_checks.describe(adapter)}")
     _refuse_non_peft(meta)
+    if prefix.is_prefix_config(_meta.pet_config_of(meta)):
+        if lora_alpha is not None or use_rslora is not None:
+            raise ValueError("lora_alpha / use_rslora apply to LoRA adapters; this is a prefix adapter")
+        config, out = prefix.export_peft_prefix(tensors, meta, base_model_name_or_path)
+        _write_peft_dir(out_dir, out, config)
+        logger.info("export_peft: PREFIX_TUNING, %d virtual tokens -> %s", config["num_virtual_tokens"], out_dir)
+        return config
     lora_config = _meta.lora_config(meta)  # None for files without metadata (MindFormers)
     _check_override(lora_config, lora_alpha, use_rslora)
     if not _meta.is_ours(meta):  # a MindFormers checkpoint also holds base weights and optimizer states
@@ -225,11 +232,15 @@ def export_peft(adapter, out_dir, base_model_name_or_path=None, lora_alpha=None,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "use_dora": use_dora,
         "layers_to_transform": layers, "layers_pattern": None, "revision": None,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    _files.write_checkpoint(out, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", text={"format": "pt"})
-    _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
+    _write_peft_dir(out_dir, out, config)
     logger.info("export_peft: %d LoRA pairs (+%d modules_to_save) -> %s", len(hf_modules), len(to_save), out_dir)
     return config
+
+
+def _write_peft_dir(out_dir, tensors, config):
+    os.makedirs(out_dir, exist_ok=True)
+    _files.write_checkpoint(tensors, os.path.join(out_dir, WEIGHTS_NAME), "safetensors", text={"format": "pt"})
+    _files.write_json(os.path.join(out_dir, CONFIG_NAME), config)
 
 
 def _check_ranks(pairs, lora_config):
@@ -269,7 +280,7 @@ def _check_override(lora_config, lora_alpha, use_rslora):
                              f"the exported scaling would not be the trained one; leave {key} out")
 
 
-def _read_config(peft_dir):
+def _read_json(peft_dir):
     path = os.path.join(peft_dir, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{peft_dir}: no {CONFIG_NAME} (not a PEFT adapter directory)")
@@ -280,8 +291,15 @@ def _read_config(peft_dir):
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path} must hold a JSON object")
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
+    if config.get("peft_type") not in ("LORA", "PREFIX_TUNING"):
+        raise ValueError(f"{path}: peft_type must be 'LORA' or 'PREFIX_TUNING', got {config.get('peft_type')!r}")
+    return config
+
+
+def _read_config(peft_dir):
+    """The checked adapter_config.json of a PEFT LoRA directory."""
+    path = os.path.join(peft_dir, CONFIG_NAME)
+    config = _read_json(peft_dir)
     for key, allowed in _REFUSED.items():
         if key in config and config[key] not in allowed:
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (a LoRADense holds plain LoRA with "
@@ -312,8 +330,11 @@ def read_peft_adapter(peft_dir):
     _checks.check_str("peft_dir", peft_dir)
     if not os.path.isdir(peft_dir):
         raise NotADirectoryError(f"peft_dir must be a PEFT adapter directory, got {peft_dir}")
-    config = _read_config(peft_dir)
+    config = _read_json(peft_dir)
     weights = os.path.join(peft_dir, WEIGHTS_NAME)
+    if config["peft_type"] == "PREFIX_TUNING" and os.path.isfile(weights):
+        return prefix.read_peft_prefix(peft_dir, config, weights)
+    config = _read_config(peft_dir)
     if not os.path.isfile(weights):
         if os.path.isfile(os.path.join(peft_dir, "adapter_model.bin")):
             raise ValueError(f"{peft_dir}: only {WEIGHTS_NAME} is read (found adapter_model.bin; save with "

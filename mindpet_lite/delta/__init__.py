@@ -7,5 +7,8 @@ from mindpet_lite.delta.low_rank_adapter import LowRankAdapterDense, LowRankAdap
 from mindpet_lite.delta.prefix_layer import PrefixLayer
 from mindpet_lite.delta.r_drop import RDropLoss, rdrop_repeat
 
+from mindpet_lite.delta.ptuning2 import PrefixEncoder, PrefixTuningEncoder
+
 __all__ = ["LoRADense", "lora_scaling", "DEFAULT_ADAPTER", "BASE_ROW", "AdapterDense", "AdapterLayer",
-           "LowRankAdapterDense", "LowRankAdapterLayer", "PrefixLayer", "RDropLoss", "rdrop_repeat"]
+           "LowRankAdapterDense", "LowRankAdapterLayer", "PrefixLayer", "RDropLoss", "rdrop_repeat", "PrefixEncoder",
+           "PrefixTuningEncoder"]

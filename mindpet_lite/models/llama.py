@@ -46,8 +46,12 @@ from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal, initializer
 
-from mindpet_lite.models.llama_config import LlamaConfig, _as_config, count_params, llama_param_shapes, rotary_tables
+from mindpet_lite.delta.graph_mode import invalidate_compiled_graphs
+from mindpet_lite.models.llama_config import (LlamaConfig, _as_config, check_prefix_encoder, count_params,
+                                              llama_param_shapes, rotary_tables)
 from mindpet_lite.models.generation import generate as _generate
+from mindpet_lite.models.llama_ops import (_Softmax, _apply_rotary, _heads_first, _heads_last, _mean_rows,
+                                           _same_shape)
 from mindpet_lite.models.loss import causal_lm_loss, token_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -114,65 +118,6 @@ class LlamaRMSNorm(nn.Cell):
         return ops.reshape(ops.cast(x, self.out_type), shape)
 
 
-def _same_shape(t, like):
-    """``t`` broadcast to ``like``'s shape, explicitly.
-
-    MindSpore's CPU kernels for a broadcasting Mul / Add / Sub / RealDiv keep, for the life of the
-    compiled graph, two int64 index arrays of the output's size (4x a float32 output) per kernel,
-    forward and backward: ~0.8 GB of resident memory for the tiny benchmark Llama (benchmarks/README.md).
-    A BroadcastTo followed by a same-shape product keeps none; its output is ordinary pooled memory."""
-    return ops.broadcast_to(t, like.shape)
-
-
-_ROW_SUM = ops.ReduceSum(keep_dims=True)
-_ROW_MEAN = ops.ReduceMean(keep_dims=True)
-
-
-def _sum_rows(x):
-    """Sum over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
-    return _ROW_SUM(x, 1)
-
-
-def _mean_rows(x):
-    """Mean over axis 1 of a 2-D tensor, kept: ``[M, K] -> [M, 1]``."""
-    return _ROW_MEAN(x, 1)
-
-
-def _apply_rotary(x, cos, sin, rotary_type, out_type):
-    """``x*cos + rotate_half(x)*sin`` on ``x [B, N, S, D]`` with tables ``[S, D]``."""
-    x = ops.cast(x, rotary_type)
-    half = x.shape[-1] // 2
-    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
-    return ops.cast(x * _same_shape(cos, x) + rotated * _same_shape(sin, x), out_type)
-
-
-def _heads_first(x, head_dim):
-    """``[B, S, N*D] -> [B, N, S, D]``, by Split + Stack.
-
-    Same as reshape + transpose(0, 2, 1, 3), but MindSpore's CPU Transpose kernel keeps an int64
-    position array of the tensor's size per kernel (8 MB per transpose of the benchmark's larger
-    Llama, 8 of them a layer with the backward); Split, Stack, Unstack and Concat keep none."""
-    return ops.stack(ops.split(x, head_dim, axis=-1), 1)
-
-
-def _heads_last(x):
-    """``[B, N, S, D] -> [B, S, N*D]``, by Unstack + Concat (see _heads_first)."""
-    return ops.concat(ops.unstack(x, 1), -1)
-
-
-class _Softmax(nn.Cell):
-    """Softmax over the last axis; its backward ``y * (dy - sum(dy * y))`` with the sum broadcast
-    explicitly (MindSpore's own expansion subtracts with a broadcasting Sub, see _same_shape)."""
-
-    def construct(self, x):
-        return ops.softmax(x, -1)
-
-    def bprop(self, x, out, dout):  # pylint: disable=unused-argument
-        shape = dout.shape
-        inner = _sum_rows(ops.reshape(dout * out, (-1, shape[-1])))  # 2-D: see LlamaRMSNorm
-        return (out * (dout - ops.reshape(_same_shape(inner, ops.reshape(dout, (-1, shape[-1]))), shape)),)
-
-
 class LlamaAttention(nn.Cell):
     """Causal self-attention with grouped-query heads (``n_kv_heads`` key/value heads).
 
@@ -234,16 +179,26 @@ class LlamaAttention(nn.Cell):
             return _project(self.wo, ops.reshape(out, (b, 1, nh * d)), rows)
         return _project(self.wo, _heads_last(ops.reshape(out, (b, nh, s, d))), rows)
 
-    def construct(self, x, cos, sin, mask, rows=None):
-        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, S]`` additive; rows: see _project."""
+    def _with_prefix(self, x, cos, sin, rows, prefix):
+        """q, k, v of ``x``, the prefix's keys / values (``prefix [2, B, nkv, T, D]``, no rotary: they
+        hold no position) put before the sequence's."""
         q, k, v = self._qkv(x, cos, sin, rows)
+        if prefix is not None:
+            k = ops.concat((ops.cast(prefix[0], k.dtype), k), 2)
+            v = ops.concat((ops.cast(prefix[1], v.dtype), v), 2)
+        return q, k, v
+
+    def construct(self, x, cos, sin, mask, rows=None, prefix=None):
+        """x ``[B, S, H]`` (compute dtype); cos, sin ``[S, D]``; mask ``[S, T + S]`` additive (T the
+        prefix length, 0 without one); rows: see _project; prefix: see _with_prefix, or None."""
+        q, k, v = self._with_prefix(x, cos, sin, rows, prefix)
         return self._attend(q, k, v, mask, rows)
 
-    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None):
-        """``construct`` that also writes its keys / values into rows ``0..S-1`` of the caches
-        ``[B, nkv, L, D]``; returns ``(out, k_cache, v_cache)``."""
-        q, k, v = self._qkv(x, cos, sin, rows)
-        s = x.shape[1]
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None, prefix=None):
+        """``construct`` that also writes the prefix's and its own keys / values into rows
+        ``0..T+S-1`` of the caches ``[B, nkv, L, D]``; returns ``(out, k_cache, v_cache)``."""
+        q, k, v = self._with_prefix(x, cos, sin, rows, prefix)
+        s = k.shape[2]
         k_cache = ops.concat((ops.cast(k, k_cache.dtype), k_cache[:, :, s:]), 2)
         v_cache = ops.concat((ops.cast(v, v_cache.dtype), v_cache[:, :, s:]), 2)
         return self._attend(q, k, v, mask, rows), k_cache, v_cache
@@ -284,12 +239,13 @@ class LlamaDecodeLayer(nn.Cell):
         self.ffn_norm = LlamaRMSNorm(config.hidden_size, **norm_args)
         self.feed_forward = LlamaFeedForward(config)
 
-    def construct(self, x, cos, sin, mask, rows=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, rows)
+    def construct(self, x, cos, sin, mask, rows=None, prefix=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, rows, prefix)
         return x + self.feed_forward(self.ffn_norm(x), rows)
 
-    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None):
-        out, k_cache, v_cache = self.attention.prefill(self.attention_norm(x), cos, sin, mask, k_cache, v_cache, rows)
+    def prefill(self, x, cos, sin, mask, k_cache, v_cache, rows=None, prefix=None):
+        out, k_cache, v_cache = self.attention.prefill(self.attention_norm(x), cos, sin, mask, k_cache, v_cache,
+                                                       rows, prefix)
         x = x + out
         return x + self.feed_forward(self.ffn_norm(x), rows), k_cache, v_cache
 
@@ -320,7 +276,9 @@ class LlamaEmbedding(nn.Cell):
 
 
 class LlamaModel(nn.Cell):
-    """Embedding, decoder layers and final norm: ``input_ids [B, S]`` -> hidden ``[B, S, H]``."""
+    """Embedding, decoder layers and final norm: ``input_ids [B, S]`` -> hidden ``[B, S, H]``.
+    ``prefix_encoder`` (see ``set_prefix_encoder``): T key / value slots every query sees; tokens keep
+    positions 0..S-1 (MindFormers'); the KV cache holds the prefix in its first T slots."""
 
     def __init__(self, config):
         super().__init__()
@@ -337,46 +295,61 @@ class LlamaModel(nn.Cell):
         self.causal_mask = _causal_mask(cfg.rotary_length, cfg.softmax_compute_type)
         self.mask_value = _mask_value(cfg.softmax_compute_type)
         self.cache_rows = Tensor(np.arange(cfg.rotary_length, dtype=np.int32))
+        self.compute_dtype = cfg.compute_dtype
+        self.prefix_encoder = None
+        self.prefix_length = 0
+
+    def _prefix(self, batch, s):
+        """(per-layer prefix key / values or None, the ``[S, T + S]`` mask: every query sees the prefix)."""
+        mask = self.causal_mask[:s, :s]
+        if self.prefix_encoder is None:
+            return None, mask
+        prefix = self.prefix_encoder(batch, self.compute_dtype)
+        return prefix, ops.concat((ops.zeros((s, self.prefix_length), mask.dtype), mask), 1)
 
     def construct(self, input_ids, rows=None):
-        s = input_ids.shape[1]
+        b, s = input_ids.shape
         if s > self.max_length:
             raise ValueError(f"input_ids has {s} tokens a row, more than the model's maximum "
                              f"{self.max_length} (seq_length / max_position_embedding + 1)")
         cos = self.freqs_cos[:s]
         sin = self.freqs_sin[:s]
-        mask = self.causal_mask[:s, :s]
+        prefix, mask = self._prefix(b, s)
         x = self.tok_embeddings(input_ids)
+        i = 0
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, rows)
+            x = layer(x, cos, sin, mask, rows, None if prefix is None else prefix[i])
+            i = i + 1
         return self.norm_out(x)
 
     def prefill(self, input_ids, caches, rows=None):
-        """``construct`` that also fills rows ``0..S-1`` of ``caches`` (a tuple ``(k0, v0, k1, v1,
-        ...)`` of ``[B, nkv, L, D]``); returns ``(hidden [B, S, H], caches)``."""
-        s = input_ids.shape[1]
+        """``construct`` that also fills rows ``0..T+S-1`` of ``caches`` (a tuple ``(k0, v0, k1, v1,
+        ...)`` of ``[B, nkv, L, D]``: the prefix's T rows, then the prompt's); returns
+        ``(hidden [B, S, H], caches)``."""
+        b, s = input_ids.shape
         cos = self.freqs_cos[:s]
         sin = self.freqs_sin[:s]
-        mask = self.causal_mask[:s, :s]
+        prefix, mask = self._prefix(b, s)
         x = self.tok_embeddings(input_ids)
         out = ()
         i = 0
         for layer in self.layers:
-            x, k_cache, v_cache = layer.prefill(x, cos, sin, mask, caches[i], caches[i + 1], rows)
+            x, k_cache, v_cache = layer.prefill(x, cos, sin, mask, caches[i], caches[i + 1], rows,
+                                                None if prefix is None else prefix[i // 2])
             out = out + (k_cache, v_cache)
             i = i + 2
         return self.norm_out(x), out
 
     def decode(self, input_ids, positions, caches, rows=None):
         """One token a row, ``input_ids [B, 1]`` at ``positions [B]`` (int32): writes its keys / values
-        at that row of the caches and attends to rows ``0..position``. Returns ``(hidden [B, 1, H],
-        caches)``. ``rows``: each row's adapter selection (see _project), or None."""
+        at cache row ``T + position`` (T: prefix length) and attends to rows ``0..T+position``. Returns
+        ``(hidden [B, 1, H], caches)``. ``rows``: each row's adapter selection (see _project), or None."""
         b = input_ids.shape[0]
         length = caches[0].shape[2]
         cos = ops.reshape(ops.gather(self.freqs_cos, positions, 0), (b, 1, 1, -1))
         sin = ops.reshape(ops.gather(self.freqs_sin, positions, 0), (b, 1, 1, -1))
         slots = ops.broadcast_to(ops.reshape(self.cache_rows[:length], (1, length)), (b, length))
-        pos = ops.broadcast_to(ops.reshape(positions, (b, 1)), (b, length))
+        pos = ops.broadcast_to(ops.reshape(positions + self.prefix_length, (b, 1)), (b, length))
         write = ops.reshape(ops.equal(slots, pos), (b, 1, length, 1))
         visible = ops.less_equal(slots, pos)
         zeros = ops.zeros((b, length), self.causal_mask.dtype)
@@ -460,11 +433,18 @@ class LlamaForCausalLM(nn.Cell):
         return ops.reshape(self._head(picked, rows), (b, self.vocab_size))
 
     # -- generation (models/generation.py calls these through graph cells of its own) -------------
+    def set_prefix_encoder(self, encoder):
+        """Prefix keys / values for every layer (see ``check_prefix_encoder``; None removes them)."""
+        check_prefix_encoder(encoder, self.config)
+        self.model.prefix_encoder = encoder
+        self.model.prefix_length = 0 if encoder is None else encoder.pre_seq_len
+        invalidate_compiled_graphs(self)  # the encoder is a constant of compiled graphs
+
     def new_cache(self, batch_size, length):
-        """Zero KV caches for ``batch_size`` rows of ``length`` positions: the tuple ``(k0, v0, k1, v1,
-        ...)`` of ``[B, n_kv_heads, length, head_dim]`` in ``compute_dtype``."""
+        """Zero KV caches for ``batch_size`` rows of ``length`` positions (plus the prefix's, if any):
+        the tuple ``(k0, v0, k1, v1, ...)`` of ``[B, n_kv_heads, T + length, head_dim]`` in ``compute_dtype``."""
         cfg = self.config
-        shape = (batch_size, cfg.num_kv_heads, length, cfg.head_dim)
+        shape = (batch_size, cfg.num_kv_heads, self.model.prefix_length + length, cfg.head_dim)
         return tuple(ops.zeros(shape, cfg.compute_dtype) for _ in range(2 * cfg.num_layers))
 
     def prefill(self, input_ids, last_index, caches, rows=None):

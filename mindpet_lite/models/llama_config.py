@@ -250,3 +250,19 @@ def rotary_tables(length, head_dim, theta):
     freqs = np.outer(np.arange(length, dtype=np.float64), inv_freq)
     emb = np.concatenate([freqs, freqs], axis=-1)
     return np.cos(emb), np.sin(emb)
+
+
+def check_prefix_encoder(encoder, config):
+    """A prefix encoder fits a Llama of ``config``: a Cell with ``pre_seq_len`` (T) and ``(num_layers,
+    num_heads, kv_channels)`` equal to the model's layers, KV heads and head size, whose
+    ``encoder(batch_size, dtype)`` gives one ``[2, B, n_kv_heads, T, head_dim]`` (keys, values) a layer
+    (``delta.PrefixEncoder``). None passes."""
+    if encoder is None:
+        return
+    if not callable(encoder) or not hasattr(encoder, "cells_and_names"):
+        raise TypeError(f"encoder must be a mindspore.nn.Cell or None, got {type(encoder).__name__}")
+    got = tuple(getattr(encoder, key, None) for key in ("num_layers", "num_heads", "kv_channels"))
+    want = (config.num_layers, config.num_kv_heads, config.head_dim)
+    if got != want or not isinstance(getattr(encoder, "pre_seq_len", None), int):
+        raise ValueError(f"encoder (num_layers, num_heads, kv_channels) must be {want} (the model's layers, KV heads "
+                         f"and head size) with an int pre_seq_len, got {got}")

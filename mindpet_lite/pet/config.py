@@ -16,6 +16,7 @@ from mindpet_lite.delta.lora import lora_scaling
 from mindpet_lite.delta.lora_init import parse_weight_init
 from mindpet_lite.pet import variants
 from mindpet_lite.pet.adapter_config import AdapterConfig, LowRankAdapterConfig
+from mindpet_lite.pet.prefix_config import PrefixTuningConfig, Ptuning2Config
 
 PET_TYPES = ("lora",)
 INIT_LORA_WEIGHTS = (True, "gaussian", "pissa", "pissa_niter_<N>", "olora")  # PEFT's names
@@ -260,7 +261,8 @@ def read_pet_block(path):
 
 # pet_type -> its config class: the one place a pet_type is dispatched on (pet/model.py has the
 # matching table of how each is applied)
-PET_CONFIGS = {"lora": LoraConfig, "adapter": AdapterConfig, "low_rank_adapter": LowRankAdapterConfig}
+PET_CONFIGS = {"lora": LoraConfig, "adapter": AdapterConfig, "low_rank_adapter": LowRankAdapterConfig,
+               "ptuning2": Ptuning2Config, "prefixtuning": PrefixTuningConfig}
 CONFIG_TYPES = tuple(PET_CONFIGS.values())
 
 

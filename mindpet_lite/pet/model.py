@@ -42,6 +42,7 @@ from mindpet_lite.pet.targets import check_shared as _check_shared
 from mindpet_lite.pet.targets import no_match_message as _no_match_message
 from mindpet_lite.pet.targets import plan as _plan
 from mindpet_lite.pet.targets import swap as _swap
+from mindpet_lite.pet.prefix_model import apply_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ _FLOAT_FLAGS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def get_pet_model(network, pet_config):
-    """Apply the pet_config's method to `network` in place and return it: LoRA, or (pet_type adapter /
-    low_rank_adapter) an adapter after every targeted dense layer (``pet/adapter_model.py``).
+    """Apply the pet_config's method to `network` in place and return it: LoRA, (pet_type adapter /
+    low_rank_adapter) an adapter after every targeted dense layer (``pet/adapter_model.py``), or (pet_type
+    ptuning2 / prefixtuning) a trainable prefix of every attention layer (``pet/prefix_model.py``).
 
     Args:
         network (nn.Cell): the model; its targeted layers must be `nn.Dense` or (when mindformers
@@ -284,4 +286,5 @@ def _lora_prefixes(network, targets):
 
 
 # pet_type -> how it is applied (pet/config.py's PET_CONFIGS has the matching config classes)
-_APPLY = {"lora": apply_lora, "adapter": apply_adapter, "low_rank_adapter": apply_adapter}
+_APPLY = {"lora": apply_lora, "adapter": apply_adapter, "low_rank_adapter": apply_adapter,
+          "ptuning2": apply_prefix, "prefixtuning": apply_prefix}

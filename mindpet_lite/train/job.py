@@ -24,9 +24,9 @@ from mindspore import Tensor
 
 from mindpet_lite import _files
 from mindpet_lite.adapters import load_adapter, save_adapter
+from mindpet_lite.adapters.io import adapter_parameters
 from mindpet_lite.adapters.names import is_state_key
 from mindpet_lite.data import check_token_ids, create_dataset
-from mindpet_lite.graph.freeze import get_adapter_params
 from mindpet_lite.integrations import mindformers as mf
 from mindpet_lite.models.llama import LlamaForCausalLM, recompute_layers
 from mindpet_lite.pet import get_pet_model
@@ -205,7 +205,7 @@ def _check_outputs(cfg):
 def _adapter_digest(net):
     """SHA-256 of the adapter's names and float32 values: data-parallel ranks must end with the same one."""
     digest = hashlib.sha256()
-    for name, param in sorted(get_adapter_params(net).items()):
+    for name, param in sorted(adapter_parameters(net).items()):  # LoRA factors and trainables (a prefix)
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(param.asnumpy(), dtype=np.float32).tobytes())
     return digest.hexdigest()
@@ -273,8 +273,12 @@ def finetune(run_config, after_train=None):
         _recompute(net, cfg.backend)
     share = net.pet_summary
     if rank_id == 0:
-        method = "LoRA" if net.pet_config.pet_type == "lora" else net.pet_config.pet_type
-        cb.say(f"{method}: {share['num_replaced']} layers, trainable {share['trainable']:,} / {share['total']:,} "
+        if "pre_seq_len" in share:
+            what = f"{share['pet_type']}: prefix of {share['pre_seq_len']} slots"
+        else:
+            method = "LoRA" if net.pet_config.pet_type == "lora" else net.pet_config.pet_type
+            what = f"{method}: {share['num_replaced']} layers"
+        cb.say(f"{what}, trainable {share['trainable']:,} / {share['total']:,} "
                f"parameters ({share['percent']:.3f}%)")
 
     trainer = Trainer(net, cfg.optimizer, cfg.lr_schedule, cfg.wrapper, total,
