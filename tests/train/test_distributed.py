@@ -35,10 +35,15 @@ def _env():
     return env
 
 
-def _launch(cmd, workers, logs, cwd, timeout=150):
+# Ceilings, not measures: on a loaded machine a job may take 10x its idle time and pass; the cluster
+# (CLUSTER_TIME_OUT) and the subprocess get the same generous bound.
+CEILING = 600
+
+
+def _launch(cmd, workers, logs, cwd, timeout=CEILING):
     args = ["bash", LAUNCHER, cmd, str(workers)]
     if workers > 1:
-        args += [str(_free_port()), str(logs), "True", "120"]
+        args += [str(_free_port()), str(logs), "True", str(CEILING)]
     start = time.monotonic()
     proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - start
@@ -112,11 +117,10 @@ def test_a_failing_worker_fails_the_job(tiny_assets, tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     cmd = _run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
                    "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
-    proc, took = _launch(cmd, 2, logs, tmp_path, timeout=150)
+    proc, took = _launch(cmd, 2, logs, tmp_path)
     after = time.time() - float(failed_at.read_text())
     print(f"launcher: {took:.1f} s in all, {after:.1f} s after the failure")
     assert proc.returncode != 0
     assert after < 60, after  # the job stops within 60 s of the failure (start-up time is load-dependent)
-    assert took < 120, took
     assert f"{logs}/worker_1.log" in proc.stderr
     assert "on purpose" in (logs / "worker_1.log").read_text()
