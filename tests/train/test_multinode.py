@@ -26,7 +26,9 @@ import time
 import numpy as np
 import pytest
 
+from mindpet_lite.run import main as run_main
 from tests.train import test_distributed as dist
+from tests.train import tiny
 
 ADDR = "10.231.{}.{}"
 
@@ -101,13 +103,16 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=dist.CEILING, local=1):
 
 
 @pytest.mark.parametrize("local", [1, 2], ids=["2x1", "2x2"])
-def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tmp_path, local):
-    """2 nodes x `local` workers, batch 2 each, against one process with the global batch."""
+def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tiny_uneven_batch4, tmp_path, local):
+    """2 nodes x `local` workers, batch 2 each, against one process with the global batch (for 2 x 1,
+    batch 4: the session's tiny_uneven_batch4 run)."""
     base, train = tiny_uneven
     workers = 2 * local
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-    proc, _ = dist._launch(dist._run_cmd(base, train, single, "--batch_size", str(2 * workers)), 1, None, tmp_path)  # pylint: disable=protected-access
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if workers == 2:
+        single = tiny_uneven_batch4
+    else:  # in this process, as tiny_uneven_batch4
+        assert run_main(tiny.flags(base, train, single, "--max_steps", "3", "--batch_size", str(2 * workers))) == 0
     cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
                         "--parallel_config.data_parallel", str(workers))
     results = _run_nodes(two_nodes, cmd, tmp_path, timeout=dist.CEILING * local, local=local)
