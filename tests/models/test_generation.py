@@ -160,10 +160,10 @@ def test_streamer_sees_each_step(base):
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------
-def test_lora_unmerged_merged_and_cache_agree():
+def test_lora_unmerged_merged_and_cache_agree(base):
     net = _lora_net()
     unmerged, logits = generate(net, PROMPTS, NEW, use_past=True, output_logits=True)
-    assert unmerged != generate(_net(), PROMPTS, NEW)  # the adapter matters
+    assert unmerged != generate(base, PROMPTS, NEW)  # the adapter matters (base: the same _net() without it)
     for b, (prompt, seq) in enumerate(zip(PROMPTS, unmerged)):
         full = net(Tensor(np.array([seq[:-1]], np.int32))).asnumpy()[0]
         for step in range(NEW):
