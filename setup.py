@@ -24,7 +24,7 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],  # README's test command runs two workers (-n 2)
+        "test": ["pytest"],
         "data": ["sentencepiece"],
         "plot": ["matplotlib"],
         "mindformers": ["mindformers==1.9.0"],
