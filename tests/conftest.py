@@ -19,7 +19,13 @@ GRAPH, PYNATIVE = ms.GRAPH_MODE, ms.PYNATIVE_MODE
 
 def pytest_configure(config):
     """Move to a scratch directory before collection: a test module that imports mindformers at
-    import time would otherwise write ./output/log into the repository."""
+    import time would otherwise write ./output/log into the repository.
+
+    Under pytest-xdist (`-n 2`) the controller stays where it is: it collects nothing, and its workers
+    start in its working directory (test paths are relative to it), then each moves to a scratch
+    directory of its own here."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     config._mindpet_lite_old_cwd = os.getcwd()  # pylint: disable=protected-access
     config._mindpet_lite_scratch = tempfile.mkdtemp(prefix="mindpet_lite_tests_")  # pylint: disable=protected-access
     os.chdir(config._mindpet_lite_scratch)  # pylint: disable=protected-access

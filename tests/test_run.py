@@ -58,11 +58,11 @@ def test_finetune_subcommand_and_run_module_agree(tmp_path, capsys):
 def test_run_module_exit_status_and_help(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mindpet_lite.run", "--config", tiny.TINY_YAML,
                            "--optimizer.betas1", "0.8"], cwd=tmp_path, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert proc.returncode == 2
     assert "unknown key 'betas1'; did you mean 'betas'" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "mindpet_lite.run", "--help"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0
     for flag in ("--config", "--run_mode", "--load_checkpoint", "--train_dataset_dir", "--use_parallel",
                  "--output_dir", "--device_target", "--auto_trans_ckpt", "--max_steps", "--resume", "--seed"):
@@ -77,7 +77,7 @@ def test_run_finetune_script(tmp_path):
     out = str(tmp_path / "out")
     proc = subprocess.run(["bash", script, tiny.TINY_YAML, "1", "--load_checkpoint", base,
                            "--train_dataset_dir", data, "--output_dir", out, "--max_steps", "1"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert os.path.isfile(os.path.join(out, "adapter.ckpt"))
     proc = subprocess.run(["bash", script, str(tmp_path / "missing.yaml")], cwd=tmp_path, env=_env(),

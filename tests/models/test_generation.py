@@ -1,7 +1,5 @@
 """generate(): cached decoding against the no-cache forward and the numpy reference of
 tests/reference.py, padding, batching, eos, LoRA merged / unmerged, sampling, compile counts, checks."""
-import time
-
 import numpy as np
 import pytest
 
@@ -98,16 +96,15 @@ def test_one_prefill_and_one_decode_graph_for_many_tokens():
     assert (len(prefill.compile_cache), len(decode.compile_cache)) == (1, 1)
     generate(net, PROMPTS, 12, use_past=True, do_sample=True, seed=1)  # same shapes: nothing new
     assert (len(prefill.compile_cache), len(decode.compile_cache)) == (1, 1)
-    # a new batch shape compiles one more decode graph, on its first step only: the second step
-    # costs far less than the first
+    # a new batch shape compiles one more decode graph, on its first step only (the graph cache
+    # counts compiles, whatever the machine's load; the time a compile costs is in
+    # benchmarks/bench_generate.py's "compile s" column)
     caches = ms.mutable(net.new_cache(2, 10))
-    times = []
+    sizes = []
     for _ in range(3):
-        start = time.perf_counter()
         decode(Tensor(np.ones((2, 1), np.int32)), Tensor(np.array([4, 6], np.int32)), caches)[0].asnumpy()
-        times.append(time.perf_counter() - start)
-    assert len(decode.compile_cache) == 2
-    assert max(times[1:]) < times[0] / 5
+        sizes.append(len(decode.compile_cache))
+    assert sizes == [2, 2, 2]
 
 
 def test_max_new_tokens_per_row(base):
@@ -163,10 +160,10 @@ def test_streamer_sees_each_step(base):
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------
-def test_lora_unmerged_merged_and_cache_agree():
+def test_lora_unmerged_merged_and_cache_agree(base):
     net = _lora_net()
     unmerged, logits = generate(net, PROMPTS, NEW, use_past=True, output_logits=True)
-    assert unmerged != generate(_net(), PROMPTS, NEW)  # the adapter matters
+    assert unmerged != generate(base, PROMPTS, NEW)  # the adapter matters (base: the same _net() without it)
     for b, (prompt, seq) in enumerate(zip(PROMPTS, unmerged)):
         full = net(Tensor(np.array([seq[:-1]], np.int32))).asnumpy()[0]
         for step in range(NEW):

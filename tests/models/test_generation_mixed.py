@@ -87,9 +87,16 @@ def _multi(base):
     return net
 
 
+@pytest.fixture(scope="module")
+def multi(base_arrays):
+    """The multi-adapter network the generating tests share (its compiled graphs are reused); a test
+    that switches the active adapter switches it back."""
+    return _multi(base_arrays)
+
+
 @pytest.mark.parametrize("use_past", [True, False])
-def test_mixed_batch_equals_single_adapter_runs(base_arrays, use_past):
-    net = _multi(base_arrays)
+def test_mixed_batch_equals_single_adapter_runs(multi, use_past):
+    net = multi
     assert list_adapters(net) == ["default", "b", "c"]
     names = ["c", "__base__", "default", "b"]
     mixed, mixed_logits = generate(net, PROMPTS, NEW, adapter_names=names, use_past=use_past, output_logits=True)
@@ -101,8 +108,8 @@ def test_mixed_batch_equals_single_adapter_runs(base_arrays, use_past):
             np.testing.assert_allclose(mixed_logits[step][row], logits[step][row], atol=1e-5, rtol=0)
 
 
-def test_switching_equals_a_fresh_single_adapter_network(base_arrays):
-    net = _multi(base_arrays)
+def test_switching_equals_a_fresh_single_adapter_network(multi):
+    net = multi
     fresh = {name: generate(_single(name), PROMPTS, NEW) for name in ("a", "b", "c")}
     for name in ["c", "b", "default", "c", "b"]:
         set_adapter(net, name)
@@ -110,10 +117,12 @@ def test_switching_equals_a_fresh_single_adapter_network(base_arrays):
     with disable_adapter(net):
         assert generate(net, PROMPTS, NEW) == generate(_single(None), PROMPTS, NEW)
     assert generate(net, PROMPTS, NEW) == fresh["b"]
+    set_adapter(net, "default")
+    assert generate(net, PROMPTS, NEW) == fresh["a"]
 
 
-def test_one_row_one_adapter_and_the_same_adapter_everywhere(base_arrays):
-    net = _multi(base_arrays)
+def test_one_row_one_adapter_and_the_same_adapter_everywhere(multi):
+    net = multi
     single_b = generate(_single("b"), PROMPTS, NEW)
     assert generate(net, PROMPTS, NEW, adapter_names=["b"] * 4) == single_b
     assert generate(net, PROMPTS[1], NEW, adapter_names=["b"]) == [single_b[1]]

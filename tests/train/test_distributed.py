@@ -35,10 +35,15 @@ def _env():
     return env
 
 
-def _launch(cmd, workers, logs, cwd, timeout=150):
+# Ceilings, not measures: on a loaded machine a job may take 10x its idle time and pass; the cluster
+# (CLUSTER_TIME_OUT) and the subprocess get the same generous bound.
+CEILING = 600
+
+
+def _launch(cmd, workers, logs, cwd, timeout=CEILING):
     args = ["bash", LAUNCHER, cmd, str(workers)]
     if workers > 1:
-        args += [str(_free_port()), str(logs), "True", "120"]
+        args += [str(_free_port()), str(logs), "True", str(CEILING)]
     start = time.monotonic()
     proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - start
@@ -54,15 +59,14 @@ def _adapter(path):
     return read_checkpoint(path)[0]
 
 
-def test_two_workers_equal_one_process(tiny_uneven, tmp_path):
+def test_two_workers_equal_one_process(tiny_uneven, tiny_uneven_batch4, tmp_path):
+    """Against one process over batch 4 (the session's tiny_uneven_batch4 run)."""
     base, train = tiny_uneven
-    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
-    proc, t1 = _launch(_run_cmd(base, train, single, "--batch_size", "4"), 1, None, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single, dist = tiny_uneven_batch4, str(tmp_path / "dist")
     proc, t2 = _launch(_run_cmd(base, train, dist, "--batch_size", "2", "--use_parallel", "True",
                                 "--parallel_config.data_parallel", "2"), 2, tmp_path / "logs", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"1 process: {t1:.1f} s, 2 workers: {t2:.1f} s")
+    print(f"2 workers: {t2:.1f} s")
 
     ranks = []
     for r in (0, 1):
@@ -112,11 +116,10 @@ def test_a_failing_worker_fails_the_job(tiny_assets, tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     cmd = _run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
                    "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
-    proc, took = _launch(cmd, 2, logs, tmp_path, timeout=150)
+    proc, took = _launch(cmd, 2, logs, tmp_path)
     after = time.time() - float(failed_at.read_text())
     print(f"launcher: {took:.1f} s in all, {after:.1f} s after the failure")
     assert proc.returncode != 0
     assert after < 60, after  # the job stops within 60 s of the failure (start-up time is load-dependent)
-    assert took < 120, took
     assert f"{logs}/worker_1.log" in proc.stderr
     assert "on purpose" in (logs / "worker_1.log").read_text()

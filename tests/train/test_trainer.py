@@ -116,14 +116,13 @@ def test_resume_equals_uninterrupted_run(tiny_assets, tmp_path, capsys):
     np.testing.assert_allclose([float(r["lr"]) for r in a], [float(r["lr"]) for r in b], rtol=1e-6)
 
 
-def test_gradient_accumulation_equals_the_larger_batch(tiny_uneven, tmp_path, capsys):
+def test_gradient_accumulation_equals_the_larger_batch(tiny_uneven, tiny_uneven_batch4, tmp_path, capsys):
     """k=2 micro-batches of 2 == one batch of 4, on rows with 2 to 5 label tokens (the loss of a step is
     the mean over its global batch's tokens, not a mean of micro-batch means): same adapter, same logged
     loss; the progress line counts the accumulation in the global batch. The accumulating run also
     recomputes its decoder layers (recompute_config), which must not change it."""
     base, train = tiny_uneven
-    one, acc = str(tmp_path / "one"), str(tmp_path / "acc")
-    assert main(tiny.flags(base, train, one, "--max_steps", "3", "--batch_size", "4")) == 0
+    one, acc = tiny_uneven_batch4, str(tmp_path / "acc")
     capsys.readouterr()
     assert main(tiny.flags(base, train, acc, "--max_steps", "3", "--batch_size", "2",
                            "--gradient_accumulation_steps", "2", "--recompute_config.recompute", "True")) == 0
