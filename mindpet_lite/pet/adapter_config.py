@@ -14,6 +14,7 @@ from typing import Any, Optional
 from mindspore.common.initializer import Initializer
 
 from mindpet_lite import _checks
+from mindpet_lite.pet.config_keys import PetConfigKeys
 from mindpet_lite.delta.bottleneck import NON_LINEARITIES
 
 
@@ -26,24 +27,10 @@ def _field(default, text):
 
 
 @dataclasses.dataclass
-class _BottleneckConfig:
+class _BottleneckConfig(PetConfigKeys):
     """What the adapter configs share: targets, dtypes, freezing, the dict / JSON round trip."""
 
     PET_TYPE = None
-
-    @classmethod
-    def keys(cls):
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data, section="pet_config"):
-        """From a mapping of pet_config keys; unknown keys are errors naming the closest key."""
-        if isinstance(data, cls):
-            return data
-        if not isinstance(data, dict):
-            raise TypeError(f"{section} must be a mapping of {cls.PET_TYPE} keys, got {_checks.describe(data)}")
-        used, _ = _checks.split_known_keys(section, data, cls.keys(), strict=True)
-        return cls(**used)
 
     def to_dict(self):
         """JSON-able dict (dtypes by name, an Initializer by class name) that ``from_dict`` reads back."""

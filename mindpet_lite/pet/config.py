@@ -12,6 +12,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Initializer, initializer
 
 from mindpet_lite import _checks
+from mindpet_lite.pet.config_keys import PetConfigKeys
 from mindpet_lite.delta.lora import lora_scaling
 from mindpet_lite.delta.lora_init import parse_weight_init
 from mindpet_lite.pet import variants
@@ -30,7 +31,7 @@ def _dtype_name(dtype):
 
 
 @dataclasses.dataclass
-class LoraConfig:
+class LoraConfig(PetConfigKeys):
     """LoRA settings with MindFormers' `pet_config` keys and defaults (plus `use_rslora`).
 
     target_modules: a regex; a cell is a target when it re.match-es the cell's attribute name (e.g.
@@ -50,6 +51,8 @@ class LoraConfig:
         iterations; 'olora' = the QR decomposition of W, the base keeping the residual. PiSSA /
         OLoRA adapters are saved as plain LoRA of rank 2r on the original base (adapters.io).
     """
+
+    KEYS_NAME = "LoRA"  # errors say "a mapping of LoRA keys"
 
     pet_type: str = "lora"
     lora_rank: int = 8
@@ -91,20 +94,6 @@ class LoraConfig:
         self.validate()
 
     # ---- construction ---------------------------------------------------------------------
-    @classmethod
-    def keys(cls):
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data, section="pet_config"):
-        """From a mapping of pet_config keys; unknown keys are errors naming the closest key."""
-        if isinstance(data, LoraConfig):
-            return data
-        if not isinstance(data, dict):
-            raise TypeError(f"{section} must be a mapping of LoRA keys, got {_checks.describe(data)}")
-        used, _ = _checks.split_known_keys(section, data, cls.keys(), strict=True)
-        return cls(**used)
-
     @classmethod
     def from_yaml(cls, path):
         """From a YAML file holding only the block, a `pet_config:` mapping, or a whole MindFormers

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Optional
 
 from mindpet_lite import _checks
+from mindpet_lite.pet.config_keys import PetConfigKeys
 
 
 def _help(text):
@@ -17,22 +18,8 @@ def _help(text):
 
 
 @dataclasses.dataclass
-class _PrefixConfigBase:
+class _PrefixConfigBase(PetConfigKeys):
     """What the two prefix configs share: the freeze keys, the dict / JSON round trip, the checks."""
-
-    @classmethod
-    def keys(cls):
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data, section="pet_config"):
-        """From a mapping of pet_config keys; unknown keys are errors naming the closest key."""
-        if isinstance(data, cls):
-            return data
-        if not isinstance(data, dict):
-            raise TypeError(f"{section} must be a mapping of {cls.PET_TYPE} keys, got {_checks.describe(data)}")
-        used, _ = _checks.split_known_keys(section, data, cls.keys(), strict=True)
-        return cls(**used)
 
     def to_dict(self):
         """JSON-able dict that ``from_dict`` reads back."""
