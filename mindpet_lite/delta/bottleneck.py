@@ -79,3 +79,34 @@ def activation_plan(activation, strategy):
 def apply_shards(plan):
     for op, strategy in plan:
         op.shard(strategy)
+
+
+class DenseWithDelta(nn.Dense):
+    """An nn.Dense whose output passes a delta cell (``_delta``: an adapter block): what AdapterDense and
+    LowRankAdapterDense share. Subclasses set ``compute_dtype`` and ``cast`` and name the delta cell."""
+
+    def _delta(self, h):
+        raise NotImplementedError
+
+    @classmethod
+    def from_dense(cls, dense, **adapter_kwargs):
+        """The cell computing with ``dense``'s own weight and bias Parameters (no copy) and activation."""
+        if not isinstance(dense, nn.Dense) or isinstance(dense, DenseWithDelta):
+            raise TypeError(f"dense must be a plain mindspore.nn.Dense, got {_checks.describe(dense)}")
+        cell = cls(dense.in_channels, dense.out_channels, weight_init="zeros", has_bias=dense.has_bias,
+                   activation=dense.activation if dense.activation_flag else None, **adapter_kwargs)
+        cell.weight = dense.weight
+        if dense.has_bias:
+            cell.bias = dense.bias
+        return cell
+
+    def construct(self, x):
+        ori_dtype, x_shape = x.dtype, x.shape
+        h = self.cast(x.reshape(-1, x_shape[-1]), self.compute_dtype)
+        h = self.matmul(h, self.cast(self.weight, self.compute_dtype))
+        if self.has_bias:
+            h = self.bias_add(h, self.cast(self.bias, self.compute_dtype))
+        if self.activation_flag:
+            h = self.activation(h)
+        h = self._delta(h)
+        return self.cast(h.reshape(x_shape[:-1] + (self.out_channels,)), ori_dtype)

@@ -184,7 +184,7 @@ class LowRankAdapterLayer(nn.Cell):
         return self
 
 
-class LowRankAdapterDense(nn.Dense):
+class LowRankAdapterDense(_bn.DenseWithDelta):
     r"""A dense layer followed by a low-rank adapter: adapter(activation(x·Wᵀ + b)).
 
     Args:
@@ -219,28 +219,8 @@ class LowRankAdapterDense(nn.Dense):
         self.act_name = activation
         self.cast = ops.Cast()
 
-    @classmethod
-    def from_dense(cls, dense, **adapter_kwargs):
-        """A LowRankAdapterDense computing with ``dense``'s own weight and bias Parameters (no copy)."""
-        if not isinstance(dense, nn.Dense) or isinstance(dense, LowRankAdapterDense):
-            raise TypeError(f"dense must be a plain mindspore.nn.Dense, got {_checks.describe(dense)}")
-        cell = cls(dense.in_channels, dense.out_channels, weight_init="zeros", has_bias=dense.has_bias,
-                   activation=dense.activation if dense.activation_flag else None, **adapter_kwargs)
-        cell.weight = dense.weight
-        if dense.has_bias:
-            cell.bias = dense.bias
-        return cell
-
-    def construct(self, x):
-        ori_dtype, x_shape = x.dtype, x.shape
-        h = self.cast(x.reshape(-1, x_shape[-1]), self.compute_dtype)
-        h = self.matmul(h, self.cast(self.weight, self.compute_dtype))
-        if self.has_bias:
-            h = self.bias_add(h, self.cast(self.bias, self.compute_dtype))
-        if self.activation_flag:
-            h = self.activation(h)
-        h = self.mindpet_delta_low_rank_adapter(h)
-        return self.cast(h.reshape(x_shape[:-1] + (self.out_channels,)), ori_dtype)
+    def _delta(self, h):
+        return self.mindpet_delta_low_rank_adapter(h)
 
     def shard(self, strategy_matmul_org=None, strategy_bias_org=None, strategy_activation_org=None,
               strategy_matmul_down_sampler_weight=None, strategy_matmul_down_sampler_input=None,
