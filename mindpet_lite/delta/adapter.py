@@ -142,6 +142,8 @@ class AdapterDense(_bn.DenseWithDelta):
         self.act_name = activation
         self.cast = ops.Cast()
 
+    DELTA_ATTR = "mindpet_delta_adapter"
+
     def _delta(self, h):
         return self.mindpet_delta_adapter(h)
 
@@ -150,25 +152,9 @@ class AdapterDense(_bn.DenseWithDelta):
               strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
         """MindPet's strategy names: the dense layer's (``*_org``) and the adapter's (`AdapterLayer.shard`).
         Every strategy is checked before any is set."""
-        plan = _bn.plan_shards("AdapterDense", {"strategy_matmul_org": strategy_matmul_org,
-                                                "strategy_bias_org": strategy_bias_org}, {
-            "strategy_matmul_org": (self.matmul, (2, 2)),
-            "strategy_bias_org": (self.bias_add if self.has_bias else "has_bias=False", (2, 1))})
-        activation = self.activation
-        if strategy_activation_org is not None:
-            if not self.activation_flag:
-                raise ValueError("strategy_activation_org was given, but this AdapterDense has no activation")
-            activation, act_plan = _bn.activation_plan(self.activation, strategy_activation_org)
-            plan += act_plan
-        adapter = self.mindpet_delta_adapter
-        act, adapter_plan = adapter._plan({  # pylint: disable=protected-access
+        return self._shard_dense_and_delta(strategy_matmul_org, strategy_bias_org, strategy_activation_org, {
             "strategy_matmul_down_sampler": strategy_matmul_down_sampler,
             "strategy_bias_down_sampler": strategy_bias_down_sampler,
             "strategy_matmul_up_sampler": strategy_matmul_up_sampler,
             "strategy_bias_up_sampler": strategy_bias_up_sampler,
             "strategy_residual_add": strategy_residual_add}, strategy_non_linearity)
-        if activation is not self.activation:
-            self.activation = activation
-        adapter._set_non_linear(act)  # pylint: disable=protected-access
-        _bn.apply_shards(plan + adapter_plan)
-        return self

@@ -85,8 +85,32 @@ class DenseWithDelta(nn.Dense):
     """An nn.Dense whose output passes a delta cell (``_delta``: an adapter block): what AdapterDense and
     LowRankAdapterDense share. Subclasses set ``compute_dtype`` and ``cast`` and name the delta cell."""
 
+    DELTA_ATTR = None  # the attribute holding the delta cell (its parameter names follow it)
+
     def _delta(self, h):
         raise NotImplementedError
+
+    def _shard_dense_and_delta(self, strategy_matmul_org, strategy_bias_org, strategy_activation_org,
+                               delta_strategies, strategy_non_linearity):
+        """`shard` of both subclasses: the dense layer's strategies (``*_org``) and the delta cell's
+        (its ``_plan`` / ``_set_non_linear``), every one checked before any is set."""
+        name = type(self).__name__
+        plan = plan_shards(name, {"strategy_matmul_org": strategy_matmul_org, "strategy_bias_org": strategy_bias_org}, {
+            "strategy_matmul_org": (self.matmul, (2, 2)),
+            "strategy_bias_org": (self.bias_add if self.has_bias else "has_bias=False", (2, 1))})
+        activation = self.activation
+        if strategy_activation_org is not None:
+            if not self.activation_flag:
+                raise ValueError(f"strategy_activation_org was given, but this {name} has no activation")
+            activation, act_plan = activation_plan(self.activation, strategy_activation_org)
+            plan += act_plan
+        delta = getattr(self, self.DELTA_ATTR)
+        act, delta_plan = delta._plan(delta_strategies, strategy_non_linearity)  # pylint: disable=protected-access
+        if activation is not self.activation:
+            self.activation = activation
+        delta._set_non_linear(act)  # pylint: disable=protected-access
+        apply_shards(plan + delta_plan)
+        return self
 
     @classmethod
     def from_dense(cls, dense, **adapter_kwargs):

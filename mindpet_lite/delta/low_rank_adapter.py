@@ -178,10 +178,13 @@ class LowRankAdapterLayer(nn.Cell):
             "strategy_matmul_up_sampler_input": strategy_matmul_up_sampler_input,
             "strategy_bias_up_sampler": strategy_bias_up_sampler,
             "strategy_residual_add": strategy_residual_add}, strategy_non_linearity)
-        if act is not self.mindpet_delta_low_rank_adapter_non_linear:
-            self.mindpet_delta_low_rank_adapter_non_linear = act
+        self._set_non_linear(act)
         _bn.apply_shards(plan)
         return self
+
+    def _set_non_linear(self, act):
+        if act is not self.mindpet_delta_low_rank_adapter_non_linear:
+            self.mindpet_delta_low_rank_adapter_non_linear = act
 
 
 class LowRankAdapterDense(_bn.DenseWithDelta):
@@ -219,6 +222,8 @@ class LowRankAdapterDense(_bn.DenseWithDelta):
         self.act_name = activation
         self.cast = ops.Cast()
 
+    DELTA_ATTR = "mindpet_delta_low_rank_adapter"
+
     def _delta(self, h):
         return self.mindpet_delta_low_rank_adapter(h)
 
@@ -228,18 +233,7 @@ class LowRankAdapterDense(_bn.DenseWithDelta):
               strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
         """MindPet's strategy names: the dense layer's (``*_org``) and the adapter's. Every strategy is
         checked before any is set."""
-        plan = _bn.plan_shards("LowRankAdapterDense", {"strategy_matmul_org": strategy_matmul_org,
-                                                       "strategy_bias_org": strategy_bias_org}, {
-            "strategy_matmul_org": (self.matmul, (2, 2)),
-            "strategy_bias_org": (self.bias_add if self.has_bias else "has_bias=False", (2, 1))})
-        activation = self.activation
-        if strategy_activation_org is not None:
-            if not self.activation_flag:
-                raise ValueError("strategy_activation_org was given, but this LowRankAdapterDense has no activation")
-            activation, act_plan = _bn.activation_plan(self.activation, strategy_activation_org)
-            plan += act_plan
-        adapter = self.mindpet_delta_low_rank_adapter
-        act, adapter_plan = adapter._plan({  # pylint: disable=protected-access
+        return self._shard_dense_and_delta(strategy_matmul_org, strategy_bias_org, strategy_activation_org, {
             "strategy_matmul_down_sampler_weight": strategy_matmul_down_sampler_weight,
             "strategy_matmul_down_sampler_input": strategy_matmul_down_sampler_input,
             "strategy_bias_down_sampler": strategy_bias_down_sampler,
@@ -247,9 +241,3 @@ class LowRankAdapterDense(_bn.DenseWithDelta):
             "strategy_matmul_up_sampler_input": strategy_matmul_up_sampler_input,
             "strategy_bias_up_sampler": strategy_bias_up_sampler,
             "strategy_residual_add": strategy_residual_add}, strategy_non_linearity)
-        if activation is not self.activation:
-            self.activation = activation
-        if act is not adapter.mindpet_delta_low_rank_adapter_non_linear:
-            adapter.mindpet_delta_low_rank_adapter_non_linear = act
-        _bn.apply_shards(plan + adapter_plan)
-        return self
