@@ -185,7 +185,8 @@ def load_adapter(net, path, strict=True, adapter_name=None):
                         path, len(dropped))
         if not tensors:
             raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
-    if not lora_cells(net):  # another base would fail the plan with a less telling message
+    base_first = not lora_cells(net)  # another base would fail the plan with a less telling message
+    if base_first:
         _check_same_base(net, meta, path, strict)
     plan = _plan_from_file(net, meta)
     if plan is None:
@@ -198,7 +199,8 @@ def load_adapter(net, path, strict=True, adapter_name=None):
         ids |= {id(p) for cell in plan.saved.values() for p in cell.get_parameters()}
         held = {name for name, p in params.items() if id(p) in ids}
     mapping = _fit(tensors, path, strict, params, held, plan is None and not cells)
-    _check_same_base(net, meta, path, strict)
+    if not base_first:
+        _check_same_base(net, meta, path, strict)
     _check_cells(cells, mapping, meta, path, strict)
     _checks.check_finite_arrays(f"load_adapter {path}", {key: tensors[key] for key in mapping})
 
