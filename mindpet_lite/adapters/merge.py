@@ -57,7 +57,8 @@ LAYOUTS = ("auto", "out_in", "in_out")
 
 # methods whose adapter is no change of the base weights (merge refuses them, saying why)
 _NON_LINEAR = "has a non-linearity between its down and up projections, so it is no change of a dense weight"
-NOT_MERGEABLE = {"adapter": _NON_LINEAR, "low_rank_adapter": _NON_LINEAR}
+_PREFIX = "adds key / value slots to every attention layer, not a weight update"
+NOT_MERGEABLE = {"adapter": _NON_LINEAR, "low_rank_adapter": _NON_LINEAR, "ptuning2": _PREFIX, "prefixtuning": _PREFIX}
 
 
 def _check_scaling(scaling):
@@ -205,13 +206,10 @@ def merge_weights(base, adapter, scaling=None, layout="auto", unmerge=False, lor
             an ambiguous layout, extras on unmerge.
     """
     tensors, meta = _as_adapter(adapter)
-    kind = ((meta or {}).get("pet_config") or {}).get("pet_type")
-    if kind in ("ptuning2", "prefixtuning"):
-        raise ValueError(f"a {kind} adapter cannot be merged into base weights: it adds key / value slots to "
-                         "every attention layer, not a weight update (load it onto the network instead)")
-    if _meta.pet_type_of(meta) in NOT_MERGEABLE:
-        raise ValueError(f"merge: the adapter is pet_type {_meta.pet_type_of(meta)!r}, which "
-                         f"{NOT_MERGEABLE[_meta.pet_type_of(meta)]}: load it onto a network built with its pet_config")
+    pet_type = _meta.pet_type_of(meta)
+    if pet_type in NOT_MERGEABLE:
+        raise ValueError(f"merge: a {pet_type} adapter cannot be merged into base weights: it "
+                         f"{NOT_MERGEABLE[pet_type]} (load it onto a network built with its pet_config instead)")
     weights = _as_base(base, base_strategy)
     magnitudes, rest = split_magnitudes(tensors)
     pairs, extras = split_lora_pairs(rest)

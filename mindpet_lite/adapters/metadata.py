@@ -167,7 +167,7 @@ def lora_config(metadata):
     disagrees with the config's is an error: the file does not describe its own weights.
     """
     cfg = dict((metadata or {}).get("pet_config") or {})
-    if not cfg or str(cfg.get("pet_type", "lora")).lower() != "lora":  # another method: pet_config_of
+    if not cfg or pet_type_of(metadata) != "lora":  # another method: pet_config_of
         return None
     for key in ("lora_a_init", "lora_b_init"):
         value = cfg.get(key)
@@ -193,7 +193,7 @@ def pet_type_of(metadata):
 def pet_config_of(metadata):
     """The adapter's validated pet config of any pet_type (``lora_config`` for LoRA), or None."""
     cfg = dict((metadata or {}).get("pet_config") or {})
-    if not cfg or str(cfg.get("pet_type", "lora")).lower() == "lora":
+    if not cfg or pet_type_of(metadata) == "lora":
         return lora_config(metadata)
     return load_pet_config(cfg, section="adapter metadata pet_config")
 
