@@ -23,7 +23,7 @@ from mindpet_lite.adapters.peft import read_peft_adapter
 from mindpet_lite.adapters.prefix import prefix_metadata, prefix_tensors_required
 from mindpet_lite.delta.lora import LORA_A, LORA_B
 from mindpet_lite.delta.lora_adapters import DEFAULT_ADAPTER
-from mindpet_lite.graph.adapters import extra_adapter_params, first_adapter_cells
+from mindpet_lite.graph.adapters import extra_adapter_params, first_adapter_cells, list_adapters
 from mindpet_lite.graph.freeze import get_adapter_params, lora_cells
 from mindpet_lite.pet.model import plan_lora
 
@@ -185,6 +185,7 @@ def load_adapter(net, path, strict=True, adapter_name=None):
                         path, len(dropped))
         if not tensors:
             raise ValueError(f"{path} holds no LoRA weights (names with mindpet_delta_lora_a/_b or lora_A/lora_B)")
+    _check_first_adapter_exists(net, path)
     base_first = not lora_cells(net)  # another base would fail the plan with a less telling message
     if base_first:
         _check_same_base(net, meta, path, strict)
@@ -212,6 +213,18 @@ def load_adapter(net, path, strict=True, adapter_name=None):
         params[target].set_data(data)
     logger.info("load_adapter: %d tensors from %s", len(new_data), path)
     return meta
+
+
+def _check_first_adapter_exists(net, path):
+    """The first adapter cannot come after named ones on a network that had no LoRA cells: their cells
+    hold a placeholder first adapter (rank 1, B = 0) that a file of another rank cannot fill, and the
+    file's other targets would need cells built beside them. Refused before any change."""
+    cells = lora_cells(net)
+    if cells and not first_adapter_cells(net):
+        named = [name for name in list_adapters(net) if name != DEFAULT_ADAPTER]
+        raise ValueError(f"load_adapter {path}: the network's LoRA cells were built for the named adapter(s) "
+                         f"{named} and hold no first adapter ('default'); load the first adapter before the "
+                         "named ones (or load this one with adapter_name=)")
 
 
 def build_config(config):

@@ -6,7 +6,9 @@ from mindpet_lite.graph.adapters import (
     delete_adapter,
     disable_adapter,
     list_adapters,
+    running_adapter,
     set_adapter,
+    unmixable_cells,
 )
 from mindpet_lite.graph.checkpoint import TrainableParamsCheckPoint
 from mindpet_lite.graph.freeze import (
@@ -21,4 +23,5 @@ from mindpet_lite.graph.freeze import (
 
 __all__ = ["freeze_modules", "freeze_delta", "freeze_from_config", "get_adapter_params", "lora_cells",
            "set_trainable_params", "trainable_params_report", "list_adapters", "set_adapter", "disable_adapter",
-           "delete_adapter", "adapter_params", "adapter_rows", "TrainableParamsCheckPoint"]
+           "delete_adapter", "adapter_params", "adapter_rows", "running_adapter", "unmixable_cells",
+           "TrainableParamsCheckPoint"]

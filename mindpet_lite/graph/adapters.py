@@ -11,6 +11,10 @@ the projections that take it). It is a graph input, not a Parameter: no state in
 checkpoint, freezing, the base fingerprint and optimizers see nothing new), any batch size, and a
 call without it compiles to the same graph as before.
 
+A DoRA cell cannot take part in a mixed batch (its mixed branch would be plain LoRA): a batch whose
+rows all name one adapter then runs it as the active adapter for the call (:func:`running_adapter`),
+and ``infer.predict`` batches such a network's rows by adapter (:func:`unmixable_cells`).
+
 A LoRA cell added for a named adapter (a layer the first adapter does not target, or a network that had
 no LoRA cells) holds a placeholder first adapter: B = 0, frozen, so "default" adds nothing there, and
 it is not part of the first adapter (:func:`first_adapter_cells`: saving, loading and describing
@@ -27,7 +31,7 @@ from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER, pair_nam
 from mindpet_lite.graph.freeze import lora_cells
 
 __all__ = ["first_adapter_cells", "mark_first_placeholder", "list_adapters", "set_adapter", "disable_adapter", "delete_adapter", "adapter_params",
-           "extra_adapter_params", "adapter_rows", "BASE_ROW", "DEFAULT_ADAPTER"]
+           "extra_adapter_params", "adapter_rows", "unmixable_cells", "running_adapter", "BASE_ROW", "DEFAULT_ADAPTER"]
 
 
 PLACEHOLDER = "first_adapter_placeholder"  # the cell attribute that marks a placeholder first adapter
@@ -150,6 +154,11 @@ def adapter_rows(net, adapter_names, batch):
     if merged:
         raise ValueError(f"adapter_names: {len(merged)} LoRA cells are merged, e.g. {merged[0]}: a merged weight "
                          "holds one adapter for every row; unmerge them to mix adapters")
+    dora = unmixable_cells(net)
+    if dora:  # checked before any cell is prepared: a refusal changes nothing
+        raise ValueError(f"adapter_names: {len(dora)} LoRA cells are DoRA cells, e.g. {dora[0]}: a DoRA cell "
+                         "cannot run rows of different adapters in one batch (its mixed branch would be plain "
+                         "LoRA); give every row of a call the same adapter (predict batches rows by adapter)")
     for cell in cells.values():
         cell.set_mix_columns(known)
     rows = np.zeros((batch, max(len(known), 1)), np.float32)
@@ -157,3 +166,38 @@ def adapter_rows(net, adapter_names, batch):
         if name != BASE_ROW:
             rows[i, known.index(name)] = 1.0
     return rows
+
+
+def unmixable_cells(net):
+    """Paths of the LoRA cells that cannot run a mixed batch (DoRA cells), sorted; [] when any mix runs."""
+    return sorted(path for path, cell in lora_cells(net).items() if getattr(cell, "use_dora", False))
+
+
+def _check_row_name(net, name, what):
+    if name != BASE_ROW:
+        known = list_adapters(net)
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(f"{what}: unknown adapter {_checks.describe(name)}; the network holds {known} "
+                             f"(or {BASE_ROW!r} for the base model)")
+
+
+@contextlib.contextmanager
+def running_adapter(net, name):
+    """``with running_adapter(net, name):`` every LoRA cell runs ``name`` (``"__base__"``: none) and the
+    active adapters come back after: one adapter for a whole batch without a mix (a DoRA network's way;
+    each switch recompiles the cells that change). Refused before any change as set_adapter /
+    disable_adapter refuse (an unknown name, merged cells asked to run another adapter)."""
+    _check_row_name(net, name, "adapter_names")
+    cells = lora_cells(net)
+    merged = sorted(path for path, cell in cells.items() if cell.merged)
+    if merged and name != DEFAULT_ADAPTER:
+        raise ValueError(f"adapter_names: {len(merged)} LoRA cells are merged (their weights hold the 'default' "
+                         f"adapter), e.g. {merged[0]}: unmerge them to run {name!r}")
+    before = {path: cell.active_adapter for path, cell in cells.items()}
+    try:
+        for cell in cells.values():
+            cell.set_active_adapter(name if name != BASE_ROW and name in cell.adapter_names() else None)
+        yield net
+    finally:
+        for path, cell in cells.items():
+            cell.set_active_adapter(before[path])

@@ -27,6 +27,7 @@ named ones side by side (:func:`load_adapters`); a ``{"prompt": ..., "adapter": 
 NAME=PATH), the rows of one batch running different adapters in one forward (generate's
 ``adapter_names``).
 """
+import contextlib
 import glob
 import json
 import logging
@@ -40,6 +41,7 @@ from mindpet_lite.adapters import load_adapter, lora_config, read_adapter
 from mindpet_lite.adapters.peft import CONFIG_NAME as PEFT_CONFIG_NAME
 from mindpet_lite.delta.lora_adapters import BASE_ROW, DEFAULT_ADAPTER
 from mindpet_lite.data import load_tokenizer
+from mindpet_lite.graph.adapters import running_adapter, unmixable_cells
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from mindpet_lite.train.job import build_model, load_base_checkpoint
@@ -251,21 +253,38 @@ def predict_prompts(net, tokenizer, settings, prompts, batch_size=1, adapter_nam
         raise ValueError(f"adapter_names must hold one name per prompt ({len(prompts)}), got {len(adapter_names)}")
     eos = settings["eos_token_id"]
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-    records = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        ids = [tokenizer.encode(p, add_bos=True) for p in batch]
-        names = None if adapter_names is None else list(adapter_names[start:start + batch_size])
-        began = time.perf_counter()
-        sequences = generate(net, ids, adapter_names=names, **_generate_args(settings, ids))
-        seconds = round(time.perf_counter() - began, 4)
-        for i, (prompt, prompt_ids, seq) in enumerate(zip(batch, ids, sequences)):
-            new = _new_tokens(seq, len(prompt_ids), eos_ids)
-            record = {"prompt": prompt, "output": tokenizer.decode(new), "tokens": new, "seconds": seconds}
-            if names is not None:
-                record["adapter"] = names[i]
-            records.append(record)
+    records = [None] * len(prompts)
+    for group, name in _batch_groups(net, adapter_names, len(prompts)):
+        with contextlib.nullcontext() if name is None else running_adapter(net, name):
+            for start in range(0, len(group), batch_size):
+                order = group[start:start + batch_size]
+                ids = [tokenizer.encode(prompts[j], add_bos=True) for j in order]
+                names = None if adapter_names is None else [adapter_names[j] for j in order]
+                began = time.perf_counter()
+                sequences = generate(net, ids, adapter_names=names, **_generate_args(settings, ids))
+                seconds = round(time.perf_counter() - began, 4)
+                for j, prompt_ids, seq in zip(order, ids, sequences):
+                    new = _new_tokens(seq, len(prompt_ids), eos_ids)
+                    records[j] = {"prompt": prompts[j], "output": tokenizer.decode(new), "tokens": new,
+                                  "seconds": seconds}
+                    if names is not None:
+                        records[j]["adapter"] = adapter_names[j]
     return records
+
+
+def _batch_groups(net, adapter_names, count):
+    """``[(prompt indices, adapter or None)]``: every prompt in one group (batches may mix adapters),
+    or, on a network that cannot mix rows (DoRA cells), one group an adapter in the order first named,
+    run with that adapter active (a switch a group, not a batch: each switch recompiles)."""
+    if adapter_names is None or not unmixable_cells(net):
+        return [(list(range(count)), None)]
+    groups = {}
+    for j, name in enumerate(adapter_names):
+        groups.setdefault(name, []).append(j)
+    if len(groups) > 1:
+        logger.info("predict: the network has DoRA cells, which cannot mix adapters in a batch: %d groups of "
+                    "rows, one an adapter (%s)", len(groups), ", ".join(f"{n}: {len(g)}" for n, g in groups.items()))
+    return [(group, name) for name, group in groups.items()]
 
 
 def predict(cfg, prompts=None):

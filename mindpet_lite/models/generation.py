@@ -32,6 +32,7 @@ Layout choices (for speed on the CPU this package targets, and for exactness):
 ``[B, L]`` sequence each token through a third graph, also compiled once: the
 reference the cache is measured against (benchmarks/bench_generate.py).
 """
+import contextlib
 import logging
 import weakref
 
@@ -41,7 +42,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindpet_lite import _checks
-from mindpet_lite.graph.adapters import adapter_rows
+from mindpet_lite.graph.adapters import adapter_rows, running_adapter, unmixable_cells
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,20 @@ def _sample(logits, top_k, top_p, temperature, rng):
     return out
 
 
+def _adapter_selection(net, adapter_names, batch):
+    """``(mix, scope)`` for ``adapter_names``: ``mix`` the extra graph input, a one-hot [B, K] that
+    every LoRA cell reads (graph/adapters.py), ``()`` to keep the plain graphs; ``scope`` the context
+    the call runs in. A network with DoRA cells cannot mix rows: a batch whose rows all name one
+    adapter runs it as the active adapter instead (``running_adapter``), any other is refused."""
+    if adapter_names is None:
+        return (), contextlib.nullcontext()
+    uniform = isinstance(adapter_names, (list, tuple)) and len(adapter_names) == batch and \
+        len({name if isinstance(name, str) else id(name) for name in adapter_names}) == 1
+    if uniform and unmixable_cells(net):
+        return (), running_adapter(net, adapter_names[0])
+    return (Tensor(adapter_rows(net, adapter_names, batch)),), contextlib.nullcontext()
+
+
 # ------------------------------------------------------------------------------------------------
 # generate
 # ------------------------------------------------------------------------------------------------
@@ -220,7 +235,8 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
             row's new token (``pad_token_id`` for rows already finished) — and ``end()``.
         adapter_names (list of str): one adapter name a row, ``"__base__"`` for the base model: each
             row runs its own adapter in the same forward (HF PEFT's argument). The LoRA cells must be
-            unmerged. None: every row runs the active adapter.
+            unmerged. A network with DoRA cells runs one adapter a call: every row the same name
+            (then run as the active adapter for the call). None: every row runs the active adapter.
         use_past (bool): decode with the KV cache; default ``net.config.use_past``.
         output_logits (bool): also return the float32 ``[B, vocab]`` logits of every step.
 
@@ -249,12 +265,12 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
         raise ValueError(f"max_new_tokens must be <= {net.model.max_length - lengths[row]} for prompt {row} "
                          f"({lengths[row]} tokens; the model holds {net.model.max_length} positions), "
                          f"got {budgets[row]}")
-    # a graph input [B, K] that every LoRA cell reads (graph/adapters.py); None keeps today's graphs
-    mix = () if adapter_names is None else (Tensor(adapter_rows(net, adapter_names, batch)),)
+    mix, scope = _adapter_selection(net, adapter_names, batch)
     buf = np.full((batch, total), pad, np.int32)
     for b, row in enumerate(rows):
         buf[b, :len(row)] = row
     rng = np.random.default_rng(seed)
+    scope.__enter__()  # pylint: disable=unnecessary-dunder-call  # its refusals come before any change
     was_training = net.training
     net.set_train(False)
     prefill, decode, full = graph_cells(net)
@@ -291,6 +307,7 @@ def generate(net, input_ids, max_new_tokens, do_sample=False, top_k=0, top_p=1.0
             else:
                 logits = full(Tensor(buf), positions, *mix)
     finally:
+        scope.__exit__(None, None, None)
         net.set_train(was_training)
         if streamer is not None:
             streamer.end()

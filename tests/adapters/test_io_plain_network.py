@@ -121,3 +121,20 @@ def test_refusals_leave_the_plain_network_unchanged(files, tmp_path):
         load_adapter(plain, files["lora"], adapter_name="1x")
     _assert_unchanged(plain, before)
     assert os.path.isfile(files["lora"])
+
+
+def test_the_first_adapter_after_a_named_one_is_refused_with_the_reason(files):
+    """A named adapter on a plain network builds cells whose first adapter is a placeholder: a first
+    adapter loaded after it is refused, naming the adapter and the order that works, nothing changed."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = tiny_llama(lora=False)
+    load_adapter(net, files["lora"], adapter_name="b")
+    before = _state(net)
+    with pytest.raises(ValueError, match=r"built for the named adapter\(s\) \['b'\] and hold no first adapter "
+                                         r"\('default'\); load the first adapter before the named ones"):
+        load_adapter(net, files["modules_to_save"])
+    after = _state(net)
+    assert sorted(after) == sorted(before)
+    for name, (value, grad) in before.items():
+        np.testing.assert_array_equal(after[name][0], value, err_msg=name)
+        assert after[name][1] == grad, name

@@ -85,6 +85,56 @@ def test_predict_jsonl_rows_pick_their_adapter_in_one_batch(files, tmp_path):
     assert len({tuple(t) for t in want[:3]}) == 3  # three adapters, three different answers
 
 
+@pytest.fixture(scope="module")
+def dora_file(files, tmp_path_factory):
+    """A DoRA adapter of the tiny base on wq / wv (random B and magnitudes: it changes the output)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = LlamaForCausalLM(dict(tiny.MODEL))
+    load_base_checkpoint(net, files["base"])
+    get_pet_model(net, dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS["a"], use_dora=True))
+    rng = np.random.default_rng(7)
+    for pname, p in net.parameters_and_names():
+        if "mindpet_delta_lora_b" in pname:
+            p.set_data(Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.5))
+        elif "mindpet_delta_lora_magnitude" in pname:
+            p.set_data(Tensor(p.asnumpy() * (1 + 0.3 * rng.standard_normal(p.shape)).astype(np.float32)))
+    path = str(tmp_path_factory.mktemp("dora") / "dora.safetensors")
+    save_adapter(net, path)
+    return path
+
+
+def test_predict_rows_of_a_dora_default_and_a_named_adapter(files, dora_file, tmp_path, caplog):
+    """A DoRA cell cannot mix adapters in a batch: predict runs the rows in one group an adapter (a
+    batch of 5 holding three adapters), in input order, each row with the tokens of a network holding
+    only its adapter; generate() with mixed rows on it is refused before any change."""
+    rows = [{"prompt": PROMPTS[0]}, {"prompt": PROMPTS[1], "adapter": "b"}, {"prompt": PROMPTS[2], "adapter": "__base__"},
+            {"prompt": PROMPTS[3], "adapter": "b"}, {"prompt": PROMPTS[4], "adapter": "default"}]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "out")
+    caplog.set_level("INFO", logger="mindpet_lite.infer.predict")
+    assert run_main(_predict_argv(files, str(data), out, dora_file, f"b={files['b']}")) == 0
+    assert "3 groups of rows, one an adapter (default: 2, b: 2, __base__: 1)" in caplog.text
+    with open(os.path.join(out, "predictions.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    names = ["default", "b", "__base__", "b", "default"]
+    assert [r["prompt"] for r in records] == PROMPTS and [r["adapter"] for r in records] == names
+    alone = {"default": _api_tokens(files, [("default", dora_file)], PROMPTS, None),
+             "b": _api_tokens(files, [("default", files["b"])], PROMPTS, None),
+             "__base__": _api_tokens(files, [], PROMPTS, None)}
+    assert [r["tokens"] for r in records] == [alone[name][i] for i, name in enumerate(names)]
+    assert alone["default"] != alone["__base__"] != alone["b"] != alone["default"]  # the three runs differ
+
+    net = LlamaForCausalLM(dict(tiny.MODEL))
+    load_base_checkpoint(net, files["base"])
+    load_adapter(net, dora_file)
+    load_adapter(net, files["b"], adapter_name="b")
+    before = [cell.active_adapter for _, cell in net.cells_and_names() if hasattr(cell, "active_adapter")]
+    with pytest.raises(ValueError, match=r"adapter_names: 4 LoRA cells are DoRA cells, e.g. .*give every row"):
+        net.generate([[1, 2], [3, 4]], 2, adapter_names=["default", "b"])
+    assert [cell.active_adapter for _, cell in net.cells_and_names() if hasattr(cell, "active_adapter")] == before
+
+
 def test_predict_takes_a_peft_directory_as_an_adapter(files, tmp_path):
     peft_dir = str(tmp_path / "peft_b")
     export_peft(files["b"], peft_dir)
