@@ -2,7 +2,8 @@
 ``save_adapter`` with ``adapter_name=`` call these).
 
 Loading adapter ``name`` from an ordinary single-adapter file: a layer it targets that has no LoRADense
-(or every layer, on a network without LoRA cells) gets one, whose first adapter is a frozen B = 0
+(or every layer, on a network without LoRA cells; nn.Dense, MindFormers' Linear or an mcore parallel
+linear) gets one, whose first adapter is a frozen B = 0
 placeholder (``graph.adapters``): the other adapters add nothing there. It may target fewer layers
 than the others: its rows run the base weight at the rest. A key naming no dense layer is an error. The pair becomes the cells'
 ``mindpet_delta_lora_a__<name>`` / ``_b__<name>``, with the adapter's own rank per layer (from its
@@ -30,6 +31,7 @@ from mindpet_lite.graph.adapters import first_adapter_cells, list_adapters, mark
 from mindpet_lite.graph.freeze import lora_cells
 from mindpet_lite.pet.config import LoraConfig
 from mindpet_lite.pet.model import plan_lora
+from mindpet_lite.pet.targets import is_dense_like
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +146,11 @@ def load_named_adapter(net, tensors, meta, path, name, strict):
 
 
 def _new_cells(net, tensors):
-    """The plan (``pet.plan_lora``, nothing changed yet) of LoRA cells for the plain dense layers the
-    file's keys name, or None when every one it names has a LoRA cell. Their first adapter is a
+    """The plan (``pet.plan_lora``, nothing changed yet) of LoRA cells for the layers without one that
+    the file's keys name (nn.Dense, MindFormers' Linear and mcore parallel linears, as get_pet_model), or None when every one it names has a LoRA cell. Their first adapter is a
     placeholder of rank 1 (``graph.adapters.mark_first_placeholder`` once they are in)."""
     cells = lora_cells(net)
-    dense = [p for p, c in net.cells_and_names() if p and isinstance(c, nn.Dense) and p not in cells]
+    dense = [p for p, c in net.cells_and_names() if p and is_dense_like(c) and p not in cells]
     targets = {f"{p}.{leaf}": p for p in list(cells) + dense for leaf in (LORA_A, LORA_B)}
     mapping, _, ambiguous = resolve_names(tensors, targets)
     new = sorted({targets[t] for k, t in mapping.items() if k not in ambiguous} - set(cells))

@@ -14,6 +14,7 @@ from mindspore import Tensor, nn, ops
 
 from mindpet_lite.adapters import export_peft, load_adapter, merge_checkpoint, save_adapter
 from mindpet_lite.delta.lora import LoRADense
+from mindpet_lite.graph import set_adapter
 from mindpet_lite.integrations import mcore
 from mindpet_lite.integrations.mcore import (CPU_PARALLEL_ERROR, LoRAColumnParallelLinear, LoRARowParallelLinear,
                                              tensor_parallel_strategies)
@@ -510,6 +511,30 @@ def test_mixed_rows_on_a_row_layer(mf):
     w, b, a, bb = numpy_of(cell)
     want = [lora_forward(x[0], w, b, a, bb, ALPHA / R), lora_forward(x[1], w, b, a2, b2, 2.0), x[2] @ w.T + b]
     np.testing.assert_allclose(out.asnumpy(), np.stack(want), atol=1e-5, rtol=0)
+
+
+def test_a_named_adapter_on_plain_mcore_layers_builds_its_cells(mf, tmp_path):
+    """load_adapter(..., adapter_name=) on mcore layers without LoRA cells builds mcore LoRA cells for it
+    (as get_pet_model would), the adapter then active: the numpy LoRA forward; "__base__" the plain one."""
+    lora = Pair(randomize(LoRAColumnParallelLinear.from_layer(column(mf), R, ALPHA), 60),
+                randomize(LoRARowParallelLinear.from_layer(row(mf), R, ALPHA), 61))
+    for param in lora.get_parameters():  # as get_pet_model freezes: the file holds the factors only
+        param.requires_grad = "mindpet_delta_lora" in param.name
+    path = str(tmp_path / "pair.safetensors")
+    save_adapter(lora, path)
+    plain = Pair(column(mf), row(mf))
+    for mine, theirs in ((plain.col, lora.col), (plain.row, lora.row)):
+        mine.weight.set_data(Tensor(theirs.weight.asnumpy()))
+        mine.bias.set_data(Tensor(theirs.bias.asnumpy()))
+    load_adapter(plain, path, adapter_name="pair")
+    assert isinstance(plain.col, LoRAColumnParallelLinear) and isinstance(plain.row, LoRARowParallelLinear)
+    assert plain.col.active_adapter == plain.row.active_adapter == "pair"
+    x = x_of((5, 2, IN), seed=62)
+    (w1, b1, a1, bb1), (w2, b2, a2, bb2) = numpy_of(lora.col), numpy_of(lora.row)
+    want = lora_forward(lora_forward(x, w1, b1, a1, bb1, ALPHA / R), w2, b2, a2, bb2, ALPHA / R)
+    np.testing.assert_allclose(plain(Tensor(x)).asnumpy(), want, atol=1e-5, rtol=0)
+    set_adapter(plain, "default")  # the placeholder first adapter adds nothing: the plain layers
+    np.testing.assert_allclose(plain(Tensor(x)).asnumpy(), (x @ w1.T + b1) @ w2.T + b2, atol=1e-5, rtol=0)
 
 
 def test_strategies_are_set_when_the_parallel_mode_splits_operators(mf):
