@@ -39,8 +39,13 @@ def apply_adapter(network, config):
         raise ValueError(_targets.no_match_message(network, config))
     _targets.check_shared(network, found)
     built = [_build(cell, path, config) for _, _, path, cell in found]
+    leaves = set()  # the names the adapter cells add (the layers' own weight and bias keep theirs)
+    for (_, _, _, old), new in zip(found, built):
+        kept = {id(p) for p in old.get_parameters()}
+        leaves.update(local for local, p in new.parameters_and_names() if id(p) not in kept)
+    prefixes = _targets.param_prefixes(network, found, leaves)
     for (parent, attr, path, old), new in zip(found, built):
-        _targets.swap(parent, attr, old, new, _prefix(old, path))
+        _targets.swap(parent, attr, old, new, prefixes[path])
     invalidate_compiled_graphs(network)
 
     freeze_delta(network, config.delta_mark, config.freeze_include, config.freeze_exclude)
@@ -68,9 +73,3 @@ def _build(cell, path, config):
             **config.cell_args())
     except (TypeError, ValueError) as err:
         raise type(err)(f"{path} ({kind}): {err}") from err
-
-
-def _prefix(cell, path):
-    """The adapter parameters' name prefix: the layer's weight name without '.weight', else its path."""
-    name = cell.weight.name
-    return name[: -len(".weight")] if name.endswith(".weight") and name != ".weight" else path

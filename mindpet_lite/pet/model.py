@@ -16,7 +16,7 @@ Four steps, and the network changes only in the last two:
    checks a file against them before anything changes) and applies steps 3 and 4.
 3. swap: put the new cells in place. MindSpore renames a cell's parameters on assignment to
    `<attribute>.<name>`; the base weight and bias get their original names back and the LoRA
-   factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `_lora_prefixes`).
+   factors are named `<layer>.mindpet_delta_lora_a` / `_b` (see `pet.targets.param_prefixes`).
 4. freeze everything but the LoRA factors, then freeze_include / freeze_exclude (MindPet globs).
 
 `init_lora_weights: pissa / olora` changes the base weights (they keep the residual): that happens
@@ -39,6 +39,7 @@ from mindpet_lite.pet import variants
 from mindpet_lite.pet.adapter_model import apply_adapter
 from mindpet_lite.pet.config import load_pet_config
 from mindpet_lite.pet.targets import check_shared as _check_shared
+from mindpet_lite.pet.targets import param_prefixes
 from mindpet_lite.pet.targets import no_match_message as _no_match_message
 from mindpet_lite.pet.targets import plan as _plan
 from mindpet_lite.pet.targets import swap as _swap
@@ -135,7 +136,7 @@ class LoraPlan:
         """Put the built cells in place (PiSSA / OLoRA first take their factors from the weights);
         freezing and the network's pet_config are left as they are."""
         _init_from_weights(self._built, self._targets, self.config)
-        prefixes = _lora_prefixes(self.network, self._targets)
+        prefixes = param_prefixes(self.network, self._targets, (LORA_A, LORA_B))
         for (parent, attr, path, old), new in zip(self._targets, self._built):
             _swap(parent, attr, old, new, prefixes[path])
         invalidate_compiled_graphs(self.network)  # a network compiled before the swap must not reuse its graph
@@ -263,26 +264,6 @@ def _init_from_weights(built, targets, config):
             raise ValueError(f"init_lora_weights={config.init_lora_weights!r}: the weight of {path} holds NaN / Inf")
     for new in built:
         new.init_from_weight(method, niter)
-
-
-def _lora_prefixes(network, targets):
-    """{path: prefix of the LoRA parameter names}.
-
-    The prefix is the layer's weight name without `.weight`, so adapter names follow the base
-    weights' names; in a network built the usual way that is the dotted path, e.g.
-    `model.layers.0.attention.wq`. Where a weight name does not end in `.weight`, or the names
-    would not be unique, the dotted path is used for all layers.
-    """
-    existing = {p.name for p in network.get_parameters()}
-    prefixes = {}
-    for _, _, path, cell in targets:
-        name = cell.weight.name if cell.weight is not None else ""  # None: an mcore layer fed its weight
-        prefixes[path] = name[: -len(".weight")] if name.endswith(".weight") and name != ".weight" else None
-    derived = [p for p in prefixes.values() if p is not None]
-    lora_names = [f"{p}.{suffix}" for p in derived for suffix in (LORA_A, LORA_B)]
-    if len(derived) != len(prefixes) or len(set(derived)) != len(derived) or existing & set(lora_names):
-        return {path: path for path in prefixes}
-    return prefixes
 
 
 # pet_type -> how it is applied (pet/config.py's PET_CONFIGS has the matching config classes)

@@ -99,6 +99,26 @@ def no_match_message(network, config):
             f"a cell's attribute name or re.fullmatch-es its dotted path; {listing}")
 
 
+def param_prefixes(network, targets, leaves):
+    """{path: name prefix of the new parameters a replacement of the target adds}.
+
+    The prefix is the layer's weight name without `.weight`, so the new names follow the base
+    weights'; in a network built the usual way that is the dotted path, e.g.
+    `model.layers.0.attention.wq`. Where a weight name does not end in `.weight` (or there is none: an
+    mcore layer fed its weight), the names would not be unique, or a ``prefix.leaf`` of ``leaves``
+    already exists, the dotted path is used for every target."""
+    existing = {p.name for p in network.get_parameters()}
+    prefixes = {}
+    for _, _, path, cell in targets:
+        name = cell.weight.name if getattr(cell, "weight", None) is not None else ""
+        prefixes[path] = name[: -len(".weight")] if name.endswith(".weight") and name != ".weight" else None
+    derived = [p for p in prefixes.values() if p is not None]
+    new_names = {f"{p}.{leaf}" for p in derived for leaf in leaves}
+    if len(derived) != len(prefixes) or len(set(derived)) != len(derived) or existing & new_names:
+        return {path: path for path in prefixes}
+    return prefixes
+
+
 def swap(parent, attr, old, new, prefix):
     """Put `new` where `old` was and fix the parameter names MindSpore's assignment changed."""
     base_names = {id(p): p.name for _, p in old.parameters_and_names()}
