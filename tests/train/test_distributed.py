@@ -10,43 +10,13 @@ Everything runs from tmp_path (never with cwd in the repository).
 import json
 import os
 import shlex
-import socket
-import subprocess
 import time
 
 import numpy as np
 
-from tests.conftest import REPO
+from tests import msrun_jobs
+from tests.msrun_jobs import launch as _launch
 from tests.train import tiny
-
-LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID", "MSRUN_LAUNCHER_DRY_RUN")}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-# Ceilings, not measures: on a loaded machine a job may take 10x its idle time and pass; the cluster
-# (CLUSTER_TIME_OUT) and the subprocess get the same generous bound.
-CEILING = 600
-
-
-def _launch(cmd, workers, logs, cwd, timeout=CEILING):
-    args = ["bash", LAUNCHER, cmd, str(workers)]
-    if workers > 1:
-        args += [str(_free_port()), str(logs), "True", str(CEILING)]
-    start = time.monotonic()
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    return proc, time.monotonic() - start
 
 
 def _run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
@@ -59,14 +29,22 @@ def _adapter(path):
     return read_checkpoint(path)[0]
 
 
-def test_two_workers_equal_one_process(tiny_uneven, tiny_uneven_batch4, tmp_path):
-    """Against one process over batch 4 (the session's tiny_uneven_batch4 run)."""
-    base, train = tiny_uneven
-    single, dist = tiny_uneven_batch4, str(tmp_path / "dist")
-    proc, t2 = _launch(_run_cmd(base, train, dist, "--batch_size", "2", "--use_parallel", "True",
-                                "--parallel_config.data_parallel", "2"), 2, tmp_path / "logs", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"2 workers: {t2:.1f} s")
+def _two_workers_part(request, folder):
+    """The shared msrun job's part: 2 workers x batch 2, 3 steps, on tiny_uneven."""
+    base, train = request.getfixturevalue("tiny_uneven")
+    return tiny.flags(base, train, os.path.join(folder, "dist"), "--max_steps", "3", "--batch_size", "2",
+                      "--use_parallel", "True", "--parallel_config.data_parallel", "2")
+
+
+msrun_jobs.register("lora_data_parallel", _two_workers_part)
+
+
+def test_two_workers_equal_one_process(tiny_uneven_batch4, msrun_shared):
+    """Against one process over batch 4 (the session's tiny_uneven_batch4 run); the 2 workers are the
+    shared msrun job's part lora_data_parallel."""
+    single = tiny_uneven_batch4
+    dist = os.path.join(msrun_shared.check("lora_data_parallel"), "dist")
+    print(f"2 workers (shared job): {msrun_shared.seconds:.1f} s")
 
     ranks = []
     for r in (0, 1):
@@ -83,8 +61,9 @@ def test_two_workers_equal_one_process(tiny_uneven, tiny_uneven_batch4, tmp_path
         final_loss = json.load(f)["final_loss"]
     assert abs(ranks[0]["final_loss"] - final_loss) <= 1e-5 * abs(final_loss)  # the global per-token mean
     assert ranks[1]["final_loss"] == ranks[0]["final_loss"]
-    worker1 = (tmp_path / "logs" / "worker_1.log").read_text()
-    assert "step 3/8" not in worker1  # only rank 0 prints progress
+    worker0 = msrun_shared.section("lora_data_parallel", 0)
+    worker1 = msrun_shared.section("lora_data_parallel", 1)  # what rank 1 printed during this run
+    assert "step 3/8" in worker0 and "step 3/8" not in worker1  # only rank 0 prints progress
     assert not os.path.exists(os.path.join(dist, "checkpoint", "rank_1"))
 
 
