@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from tests.train import tiny
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
 
@@ -83,14 +85,43 @@ def launch_env():
     return env
 
 
-def launch(cmd, workers, logs, cwd, timeout=CEILING):
-    """scripts/msrun_launcher.sh CMD WORKERS [port logs True CEILING]: (CompletedProcess, seconds)."""
+def launch(cmd, workers, logs, cwd, timeout=CEILING, env=None):  # pylint: disable=too-many-arguments
+    """scripts/msrun_launcher.sh CMD WORKERS [port logs True CEILING]: (CompletedProcess, seconds);
+    ``env``: variables added to the launcher's environment."""
     args = ["bash", LAUNCHER, cmd, str(workers)]
     if workers > 1:
         args += [str(free_port()), str(logs), "True", str(CEILING)]
     start = time.monotonic()
-    proc = subprocess.run(args, cwd=cwd, env=launch_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, cwd=cwd, env={**launch_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     return proc, time.monotonic() - start
+
+
+def run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
+    """The command line of the tiny run (3 steps) for the launcher: python SCRIPT FLAGS."""
+    argv = tiny.flags(base, data, out, "--max_steps", "3", *extra)
+    return f"python {script} " + " ".join(shlex.quote(a) for a in argv)
+
+
+# The runner with rank 1 raising as training starts (Trainer.fit), writing the time it failed to
+# $MPL_FAILED_AT first, for tests that time the launchers' reaction.
+FAILING_RUN = '''
+import sys
+from mindpet_lite.train import loop
+_fit = loop.Trainer.fit
+def fit(self, *args, **kwargs):
+    from mindspore.communication import get_rank
+    if get_rank() == 1:
+        import os, time
+        if os.environ.get("MPL_FAILED_AT"):  # when it failed, for tests that time the launchers' reaction
+            with open(os.environ["MPL_FAILED_AT"], "w", encoding="utf-8") as f:
+                f.write(repr(time.time()))
+        raise RuntimeError("worker 1 fails during training on purpose")
+    return _fit(self, *args, **kwargs)
+loop.Trainer.fit = fit
+from mindpet_lite.run import main
+sys.exit(main())
+'''
 
 
 # ---- the shared job ------------------------------------------------------------------------------

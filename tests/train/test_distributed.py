@@ -3,25 +3,18 @@
 * data parallel: both ranks end with identical adapters, equal (<= 1e-5) to one process over the
   same global batch (2 workers x batch 2 vs 1 process x batch 4), on rows with 2 to 5 label tokens
   (the loss of a step is the mean over the global batch's tokens, not a mean of per-worker means);
-* a worker that raises during training: the job exits non-zero within 60 s and names its log.
+* a worker that raises during training: the job exits non-zero within 60 s and names its log (the
+  session's failing_worker_job).
 
 Everything runs from tmp_path (never with cwd in the repository).
 """
 import json
 import os
-import shlex
-import time
 
 import numpy as np
 
 from tests import msrun_jobs
-from tests.msrun_jobs import launch as _launch
 from tests.train import tiny
-
-
-def _run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
-    argv = tiny.flags(base, data, out, "--max_steps", "3", *extra)
-    return f"python {script} " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _adapter(path):
@@ -67,36 +60,9 @@ def test_two_workers_equal_one_process(tiny_uneven_batch4, msrun_shared):
     assert not os.path.exists(os.path.join(dist, "checkpoint", "rank_1"))
 
 
-FAILING = '''
-import sys
-from mindpet_lite.train import loop
-_fit = loop.Trainer.fit
-def fit(self, *args, **kwargs):
-    from mindspore.communication import get_rank
-    if get_rank() == 1:
-        import os, time
-        if os.environ.get("MPL_FAILED_AT"):  # when it failed, for tests that time the launchers' reaction
-            with open(os.environ["MPL_FAILED_AT"], "w", encoding="utf-8") as f:
-                f.write(repr(time.time()))
-        raise RuntimeError("worker 1 fails during training on purpose")
-    return _fit(self, *args, **kwargs)
-loop.Trainer.fit = fit
-from mindpet_lite.run import main
-sys.exit(main())
-'''
-
-
-def test_a_failing_worker_fails_the_job(tiny_assets, tmp_path, monkeypatch):
-    base, train, _ = tiny_assets
-    failed_at = tmp_path / "failed_at"
-    monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
-    script = tmp_path / "failing_run.py"
-    script.write_text(FAILING)
-    logs = tmp_path / "logs"
-    cmd = _run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
-                   "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
-    proc, took = _launch(cmd, 2, logs, tmp_path)
-    after = time.time() - float(failed_at.read_text())
+def test_a_failing_worker_fails_the_job(failing_worker_job):
+    """The session's failing_worker_job (tests/train/conftest.py; test_launcher checks it too)."""
+    proc, took, after, logs = failing_worker_job
     print(f"launcher: {took:.1f} s in all, {after:.1f} s after the failure")
     assert proc.returncode != 0
     assert after < 60, after  # the job stops within 60 s of the failure (start-up time is load-dependent)

@@ -121,8 +121,8 @@ def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tiny_uneven_batch4,
         single = tiny_uneven_batch4
     else:  # in this process, as tiny_uneven_batch4
         assert run_main(tiny.flags(base, train, single, "--max_steps", "3", "--batch_size", str(2 * workers))) == 0
-    cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", str(workers))
+    cmd = msrun_jobs.run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", str(workers))
     results = _run_nodes(two_nodes, cmd, tmp_path, timeout=msrun_jobs.CEILING * local, local=local)
     for rank, (code, out, err, took, _) in enumerate(results):
         assert code == 0, f"node {rank}: {out[-2000:]}{err[-2000:]}"
@@ -148,9 +148,9 @@ def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path, m
     failed_at = tmp_path / "failed_at"
     monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
     script = tmp_path / "failing_run.py"
-    script.write_text(dist.FAILING)
-    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
+    script.write_text(msrun_jobs.FAILING_RUN)
+    cmd = msrun_jobs.run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
     # MindSpore's node timeout (its heartbeat, and how long a CPU collective waits for a peer): node 0's
     # AllReduce gives up on node 1's dead worker after it. 10 s, not the default 30, to end the test
     # sooner; not less, so that a heartbeat on a loaded machine is not taken for a dead node.
@@ -179,8 +179,8 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     """Timed from the scheduler's start (its log line), not from the launch: the start-up of python
     and MindSpore on a loaded machine does not count against CLUSTER_TIME_OUT."""
     base, train, _ = tiny_assets
-    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2")
+    cmd = msrun_jobs.run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", "2")
     start = time.monotonic()
     proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path,
                        timeout_s=CLUSTER_TIME_OUT)
