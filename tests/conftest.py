@@ -15,7 +15,7 @@ import mindspore as ms
 import pytest
 
 from mindpet_lite.run import main as run_main
-from tests.msrun_jobs import REPO, run_shared
+from tests.msrun_jobs import REPO, run_shared  # noqa: F401  # REPO: tests import it from here
 from tests.train import tiny
 
 ms.set_device("CPU")
