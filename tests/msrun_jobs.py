@@ -76,11 +76,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+_NOT_INHERITED = ("RANK_ID", "RANK_SIZE", "DEVICE_ID", "MSRUN_LAUNCHER_DRY_RUN", "MSRUN_LAUNCHER_SCHED_LOST_GRACE")
+
+
 def launch_env():
     """This process's environment without msrun's variables (a test may run under msrun itself), the
     repository first on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID", "MSRUN_LAUNCHER_DRY_RUN")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_") and k not in _NOT_INHERITED}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -70,6 +70,7 @@ def _env(**extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID")}
     env.pop("MSRUN_LAUNCHER_DRY_RUN", None)
+    env.pop("MSRUN_LAUNCHER_SCHED_LOST_GRACE", None)
     env.pop("PYTHON", None)
     env.update(extra)
     return env
@@ -156,6 +157,13 @@ def test_usage_errors_exit_2(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Usage:" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("grace", ["0", "soon"])
+def test_bad_sched_lost_grace_exits_2(tmp_path, grace):
+    proc, _ = launch(CMD, 2, cwd=tmp_path, MSRUN_LAUNCHER_DRY_RUN="1", MSRUN_LAUNCHER_SCHED_LOST_GRACE=grace)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"MSRUN_LAUNCHER_SCHED_LOST_GRACE must be an integer >= 1 (seconds), got '{grace}'" in proc.stderr
 
 
 # ---- parallel.py without msrun ---------------------------------------------------------------
@@ -304,8 +312,10 @@ def test_dead_scheduler_stops_the_workers(tmp_path):
                       "from mindpet_lite.train.parallel import init_parallel\n"
                       "init_parallel('CPU', use_parallel=True)\n")
     logs = tmp_path / "logs"
+    # the launcher's grace for workers outliving their scheduler: 2 s here (default 10), the test's
+    # workers wait for it forever anyway
     proc, took = launch(f"python {script}", 2, _free_port(), logs, "True", 7200, cwd=tmp_path,
-                        timeout=CEILING)
+                        timeout=CEILING, MSRUN_LAUNCHER_SCHED_LOST_GRACE="2")
     after = time.time() - float(failed_at.read_text())
     print(f"dead scheduler: exit {proc.returncode} after {took:.1f} s, {after:.1f} s after the scheduler's exit")
     assert proc.returncode != 0 and after < 60, after
