@@ -27,10 +27,13 @@
 # - Several nodes: when the cluster does not form within CLUSTER_TIME_OUT, node 0's launcher names the
 #   NODE_RANK(s) whose workers never registered, another node's says it did not reach MASTER_ADDR.
 #   A worker failing on another node reaches this node through MindSpore's collectives: the peers'
-#   next AllReduce gives up after about 30 s (CPU, MindSpore 2.9), then the job stops as above.
+#   next AllReduce gives up after about 30 s (CPU, MindSpore 2.9: MindSpore's MS_NODE_TIMEOUT, default
+#   30), then the job stops as above.
 #
 # Environment:
 #   MSRUN_LAUNCHER_DRY_RUN=1   print the command that would run and exit 0.
+#   MSRUN_LAUNCHER_SCHED_LOST_GRACE=S   seconds the workers may outlive a dead scheduler before they
+#                              are stopped (default 10; an integer >= 1).
 # The repository root is put first on PYTHONPATH, as MindFormers' script does.
 
 USAGE="Usage:
@@ -54,7 +57,7 @@ CLUSTER_TIME_OUT=7200
 
 POLL_SECONDS=1         # how often the job is checked
 SCHED_STOP_DELAY=1     # after a worker failed: seconds before the scheduler is stopped
-SCHED_LOST_GRACE=10    # scheduler gone, workers still running this long: the job is stuck
+SCHED_LOST_GRACE=${MSRUN_LAUNCHER_SCHED_LOST_GRACE:-10}  # scheduler gone, workers still running this long: stuck
 
 usage_error() {
   echo "msrun_launcher.sh: error: $1" >&2
@@ -96,6 +99,8 @@ case ${JOIN,,} in
 esac
 [ -n "$MASTER_ADDR" ] || usage_error "MASTER_ADDR must not be empty"
 [ -n "$LOG_DIR" ] || usage_error "LOG_DIR must not be empty"
+is_int "$SCHED_LOST_GRACE" && [ "$SCHED_LOST_GRACE" -ge 1 ] \
+  || usage_error "MSRUN_LAUNCHER_SCHED_LOST_GRACE must be an integer >= 1 (seconds), got '$SCHED_LOST_GRACE'"
 
 # CMD -> words, with the shell's quoting rules (as MindFormers' `eval`), no expansion of $ or `.
 CMD=$1

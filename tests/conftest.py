@@ -2,6 +2,10 @@
 
 Tests run from a temporary directory so that nothing (MindFormers' ./output/log, MindSpore's
 kernel_meta, ...) is written into the repository; use REPO for paths inside the repository.
+
+The tiny run's assets (tests/train/tiny.py) are session fixtures here, not in tests/train: the
+shared msrun job (``msrun_shared``, see tests/msrun_jobs.py) builds the parts of tests/train and
+tests/infer from them, before it launches.
 """
 import os
 import shutil
@@ -10,7 +14,9 @@ import tempfile
 import mindspore as ms
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mindpet_lite.run import main as run_main
+from tests.msrun_jobs import REPO, run_shared  # noqa: F401  # REPO: tests import it from here
+from tests.train import tiny
 
 ms.set_device("CPU")
 
@@ -46,3 +52,51 @@ def mode(request):
     ms.set_context(mode=request.param)
     yield request.param
     ms.set_context(mode=before)
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """(base checkpoint, train MindRecord, eval MindRecord) of the tiny run, built once."""
+    folder = str(tmp_path_factory.mktemp("tiny_assets"))
+    base = tiny.make_base(os.path.join(folder, "base.ckpt"))
+    train = tiny.make_data(folder, rows=32, seed=0, name="train")
+    held_out = tiny.make_data(folder, rows=8, seed=1, name="eval")
+    return base, train, held_out
+
+
+@pytest.fixture(scope="session")
+def tiny_uneven(tiny_assets, tmp_path_factory):
+    """(base checkpoint, train MindRecord) with 2 to 5 label tokens a row (tiny.make_data uneven)."""
+    folder = str(tmp_path_factory.mktemp("tiny_uneven"))
+    return tiny_assets[0], tiny.make_data(folder, rows=32, seed=2, name="train", uneven=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_uneven_batch4(tiny_uneven, tmp_path_factory):
+    """Output dir of one process, 3 steps of global batch 4 on tiny_uneven: the reference that
+    gradient accumulation (test_trainer), 2 msrun workers (test_distributed) and 2 nodes x 1 worker
+    (test_multinode) must equal; run once, in this process (the runner is the same code either way).
+    Its adapter is also the second adapter of the msrun predict test (tests/infer/test_predict.py)."""
+    base, train = tiny_uneven
+    out = str(tmp_path_factory.mktemp("tiny_uneven_batch4") / "run")
+    assert run_main(tiny.flags(base, train, out, "--max_steps", "3", "--batch_size", "4")) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def predict_trained(tiny_assets, tmp_path_factory):
+    """(base, adapter) after 3 steps of the tiny run on 16 rows: the model of tests/infer/test_predict.py
+    (a session fixture: the shared msrun job predicts with it too)."""
+    folder = str(tmp_path_factory.mktemp("predict"))
+    base = tiny_assets[0]
+    data = tiny.make_data(folder, rows=16)
+    out = os.path.join(folder, "run")
+    assert run_main(tiny.flags(base, data, out, "--max_steps", "3")) == 0
+    return base, os.path.join(out, "adapter.ckpt")
+
+
+@pytest.fixture(scope="session")
+def msrun_shared(request, tmp_path_factory):
+    """The one 2-worker msrun job of every registered part (tests/msrun_jobs.py), launched when a test
+    first asks for it; a SharedJob (each test checks its part with ``.check(name)``)."""
+    return run_shared(request, str(tmp_path_factory.mktemp("msrun_shared")))

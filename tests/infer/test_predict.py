@@ -18,21 +18,18 @@ from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from mindpet_lite.run import main as run_main
 from mindpet_lite.train import load_base_checkpoint
+from tests import msrun_jobs
 from tests.train import tiny
 
 PROMPTS = ["rev abcd =", "rev pon =", "rev ab =", "rev hgfe ="]
 PET = dict(pet_type="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=".*wq|.*wv")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(base, adapter) after 3 steps of the tiny run."""
-    folder = str(tmp_path_factory.mktemp("predict"))
-    base = tiny.make_base(os.path.join(folder, "base.ckpt"))
-    data = tiny.make_data(folder, rows=16)
-    out = os.path.join(folder, "run")
-    assert run_main(tiny.flags(base, data, out, "--max_steps", "3")) == 0
-    return base, os.path.join(out, "adapter.ckpt")
+@pytest.fixture(name="trained")
+def trained_fixture(predict_trained):
+    """(base, adapter) after 3 steps of the tiny run (the session's predict_trained, tests/conftest.py:
+    the shared msrun job predicts with it too)."""
+    return predict_trained
 
 
 def _by_hand(base, adapter):
@@ -141,26 +138,50 @@ def test_text_streamer_writes_whole_characters():
     assert stream.getvalue() == "hé!\n" and streamer.text == "hé!"
 
 
-def test_predict_under_msrun_two_workers_equals_one_process(trained, tmp_path):
-    """2 msrun workers (CPU): rank r generates prompts r::2, rank 0 writes them back in input order."""
-    import shlex
-    from tests.train.test_distributed import _launch
-    base, adapter = trained
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS + ["rev lkji =", "rev m ="]) + "\n")  # 6 prompts, 3 per rank
-    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
+# The msrun predict part's prompts: 6 (3 a rank), each row naming its adapter or not: absent and
+# "default" run --adapter PATH (the trained fixture's), "uneven" the tiny_uneven_batch4 run's
+# (--adapter uneven=PATH), "__base__" the base model; every batch of 2 mixes adapters.
+MSRUN_ROWS = [{"prompt": "rev abcd ="}, {"prompt": "rev pon =", "adapter": "uneven"},
+              {"prompt": "rev ab =", "adapter": "default"}, {"prompt": "rev hgfe =", "adapter": "__base__"},
+              {"prompt": "rev lkji =", "adapter": "uneven"}, {"prompt": "rev m ="}]
+MSRUN_ADAPTERS = ["default", "uneven", "default", "__base__", "uneven", "default"]
+
+
+def _msrun_argv(request, folder, out, *extra):
+    """Predict argv of the msrun part and of its single-process reference: the rows above, two adapters."""
+    base, adapter = request.getfixturevalue("predict_trained")
+    uneven = os.path.join(request.getfixturevalue("tiny_uneven_batch4"), "adapter.ckpt")
+    prompts = os.path.join(folder, "prompts.jsonl")
+    with open(prompts, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in MSRUN_ROWS))
+    return _predict_argv(base, adapter, out, prompts, "--adapter", f"uneven={uneven}", "--predict_batch_size", "2",
+                         *extra)
+
+
+def _msrun_part(request, folder):
+    """The shared msrun job's part (after the training parts: predict resets the parallel context)."""
+    dist = os.path.join(folder, "dist")
     os.makedirs(dist)
-    (tmp_path / "dist" / "predictions.rank_1.json").write_text("{}")  # stale: from an earlier job
-    argv = _predict_argv(base, adapter, single, str(prompts), "--predict_batch_size", "2")
-    assert run_main(argv) == 0
-    argv = _predict_argv(base, adapter, dist, str(prompts), "--predict_batch_size", "2", "--use_parallel", "True")
-    proc, took = _launch("python -m mindpet_lite.run " + " ".join(shlex.quote(a) for a in argv), 2,
-                         tmp_path / "logs", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"2 workers: {took:.1f} s")
+    with open(os.path.join(dist, "predictions.rank_1.json"), "w", encoding="utf-8") as f:
+        f.write("{}")  # stale: from an earlier job
+    return _msrun_argv(request, folder, dist, "--use_parallel", "True")
+
+
+msrun_jobs.register("predict", _msrun_part, order=1)
+
+
+def test_predict_under_msrun_two_workers_equals_one_process(request, msrun_shared, tmp_path):
+    """2 msrun workers (CPU; the shared msrun job's part predict): rank r generates prompts r::2, rank 0
+    writes them back in input order; the rows' adapters (two adapters and the base, mixed in each batch)
+    give the records of one process."""
+    single = str(tmp_path / "single")
+    assert run_main(_msrun_argv(request, str(tmp_path), single)) == 0
+    dist = os.path.join(msrun_shared.check("predict"), "dist")
+    print(f"2 workers (shared job): {msrun_shared.seconds:.1f} s")
     one, two = _read_jsonl(os.path.join(single, "predictions.jsonl")), _read_jsonl(os.path.join(dist, "predictions.jsonl"))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(two) == strip(one) and len(one) == 6
+    assert [r["adapter"] for r in one] == MSRUN_ADAPTERS
     assert sorted(os.listdir(dist)) == ["predictions.jsonl"]  # the rank files are gone
-    worker1 = (tmp_path / "logs" / "worker_1.log").read_text()  # rank 1 did prompts 1, 3, 5
+    worker1 = msrun_shared.section("predict", 1)  # rank 1 did prompts 1, 3, 5
     assert "rev pon =" in worker1 and "rev m =" in worker1 and "rev lkji" not in worker1

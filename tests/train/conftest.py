@@ -1,34 +1,34 @@
-import os
+"""The tiny run's fixtures (tiny_assets, tiny_uneven, tiny_uneven_batch4) are in tests/conftest.py:
+the shared msrun job of tests/msrun_jobs.py uses them for parts of tests/train and tests/infer.
+
+failing_worker_job: one 2-worker runner job whose rank 1 raises as training starts, launched once for
+the two tests that check how it ends (test_distributed: the runner's job fails; test_launcher: the
+launcher stops it and names the log); a failing job cannot be a part of the shared job.
+"""
+import shlex
+import time
+from typing import NamedTuple
 
 import pytest
 
-from tests.train import tiny
+from tests import msrun_jobs
+
+
+class FailedJob(NamedTuple):
+    proc: object  # the launcher's CompletedProcess
+    seconds: float  # launch to exit
+    after: float  # seconds from the failure (the worker wrote when) to the launcher's exit
+    logs: object  # the job's LOG_DIR (a pathlib.Path)
 
 
 @pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory):
-    """(base checkpoint, train MindRecord, eval MindRecord) of the tiny run, built once."""
-    folder = str(tmp_path_factory.mktemp("tiny_assets"))
-    base = tiny.make_base(os.path.join(folder, "base.ckpt"))
-    train = tiny.make_data(folder, rows=32, seed=0, name="train")
-    held_out = tiny.make_data(folder, rows=8, seed=1, name="eval")
-    return base, train, held_out
-
-
-@pytest.fixture(scope="session")
-def tiny_uneven(tiny_assets, tmp_path_factory):
-    """(base checkpoint, train MindRecord) with 2 to 5 label tokens a row (tiny.make_data uneven)."""
-    folder = str(tmp_path_factory.mktemp("tiny_uneven"))
-    return tiny_assets[0], tiny.make_data(folder, rows=32, seed=2, name="train", uneven=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_uneven_batch4(tiny_uneven, tmp_path_factory):
-    """Output dir of one process, 3 steps of global batch 4 on tiny_uneven: the reference that
-    gradient accumulation (test_trainer), 2 msrun workers (test_distributed) and 2 nodes x 1 worker
-    (test_multinode) must equal; run once, in this process (the runner is the same code either way)."""
-    from mindpet_lite.run import main  # pylint: disable=import-outside-toplevel
-    base, train = tiny_uneven
-    out = str(tmp_path_factory.mktemp("tiny_uneven_batch4") / "run")
-    assert main(tiny.flags(base, train, out, "--max_steps", "3", "--batch_size", "4")) == 0
-    return out
+def failing_worker_job(tiny_assets, tmp_path_factory):
+    """msrun_jobs.FAILING_RUN on 2 workers (batch 2, data parallel 2) through the launcher: a FailedJob."""
+    base, train, _ = tiny_assets
+    folder = tmp_path_factory.mktemp("failing_worker_job")
+    failed_at, script, logs = folder / "failed_at", folder / "failing_run.py", folder / "logs"
+    script.write_text(msrun_jobs.FAILING_RUN)
+    cmd = msrun_jobs.run_cmd(base, train, str(folder / "o"), "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
+    proc, took = msrun_jobs.launch(cmd, 2, logs, folder, env={"MPL_FAILED_AT": str(failed_at)})
+    return FailedJob(proc, took, time.time() - float(failed_at.read_text()), logs)

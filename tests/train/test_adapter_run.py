@@ -2,7 +2,6 @@
 adapter parameters only (with their pet_config), a resumed run equals an uninterrupted one, and 2
 data-parallel msrun workers equal one process."""
 import os
-import shlex
 
 import numpy as np
 import pytest
@@ -10,8 +9,8 @@ import yaml
 
 from mindpet_lite.adapters.metadata import read_adapter_file
 from mindpet_lite.run import main
+from tests import msrun_jobs
 from tests.train import tiny
-from tests.train.test_distributed import _launch, _run_cmd
 
 PET = {"adapter": {"pet_type": "adapter", "target_modules": ".*wo|.*w2", "bottleneck_size": 8},
        "low_rank_adapter": {"pet_type": "low_rank_adapter", "target_modules": ".*wo|.*w2", "reduction_factor": 4}}
@@ -53,20 +52,26 @@ def test_adapter_methods_train_save_and_resume(pet_type, tiny_assets, tmp_path, 
     assert max(float(np.abs(tensors[k] - resumed[k]).max()) for k in tensors) <= 1e-5
 
 
-def test_adapter_data_parallel_equals_one_process(tiny_uneven, tmp_path):
-    """2 msrun workers x batch 2 end with the adapter of 1 process x batch 4 (as LoRA's test_distributed)."""
+def _data_parallel_part(request, folder):
+    """The shared msrun job's part: 2 workers x batch 2, 3 steps, pet_type adapter, on tiny_uneven."""
+    base, train = request.getfixturevalue("tiny_uneven")
+    flags = tiny.flags(base, train, os.path.join(folder, "dist"), "--max_steps", "3", "--batch_size", "2",
+                       "--use_parallel", "True", "--parallel_config.data_parallel", "2")
+    flags[flags.index("--config") + 1] = method_yaml(folder, "adapter")
+    return flags
+
+
+msrun_jobs.register("adapter_data_parallel", _data_parallel_part)
+
+
+def test_adapter_data_parallel_equals_one_process(tiny_uneven, msrun_shared, tmp_path):
+    """2 msrun workers x batch 2 (the shared msrun job's part adapter_data_parallel) end with the adapter
+    of 1 process x batch 4 (run here, in this process: the runner is the same code; as LoRA's
+    test_distributed)."""
     base, train = tiny_uneven
-    config = method_yaml(str(tmp_path), "adapter")
-    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
-
-    def cmd(out, *extra):
-        return _run_cmd(base, train, out, *extra).replace(shlex.quote(tiny.TINY_YAML), shlex.quote(config))
-
-    proc, _ = _launch(cmd(single, "--batch_size", "4"), 1, None, tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc, _ = _launch(cmd(dist, "--batch_size", "2", "--use_parallel", "True", "--parallel_config.data_parallel", "2"),
-                      2, tmp_path / "logs", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = str(tmp_path / "single")
+    assert run(method_yaml(str(tmp_path), "adapter"), base, train, single, "--max_steps", "3", "--batch_size", "4") == 0
+    dist = os.path.join(msrun_shared.check("adapter_data_parallel"), "dist")
     one, _ = read_adapter_file(os.path.join(single, "adapter.ckpt"))
     two, meta = read_adapter_file(os.path.join(dist, "adapter.ckpt"))
     assert meta["pet_config"]["pet_type"] == "adapter" and sorted(one) == sorted(two)

@@ -3,55 +3,18 @@
 * data parallel: both ranks end with identical adapters, equal (<= 1e-5) to one process over the
   same global batch (2 workers x batch 2 vs 1 process x batch 4), on rows with 2 to 5 label tokens
   (the loss of a step is the mean over the global batch's tokens, not a mean of per-worker means);
-* a worker that raises during training: the job exits non-zero within 60 s and names its log.
+* a worker that raises during training: the job exits non-zero within 60 s and names its log (the
+  session's failing_worker_job).
 
 Everything runs from tmp_path (never with cwd in the repository).
 """
 import json
 import os
-import shlex
-import socket
-import subprocess
-import time
 
 import numpy as np
 
-from tests.conftest import REPO
+from tests import msrun_jobs
 from tests.train import tiny
-
-LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID", "MSRUN_LAUNCHER_DRY_RUN")}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-# Ceilings, not measures: on a loaded machine a job may take 10x its idle time and pass; the cluster
-# (CLUSTER_TIME_OUT) and the subprocess get the same generous bound.
-CEILING = 600
-
-
-def _launch(cmd, workers, logs, cwd, timeout=CEILING):
-    args = ["bash", LAUNCHER, cmd, str(workers)]
-    if workers > 1:
-        args += [str(_free_port()), str(logs), "True", str(CEILING)]
-    start = time.monotonic()
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    return proc, time.monotonic() - start
-
-
-def _run_cmd(base, data, out, *extra, script="-m mindpet_lite.run"):
-    argv = tiny.flags(base, data, out, "--max_steps", "3", *extra)
-    return f"python {script} " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _adapter(path):
@@ -59,14 +22,22 @@ def _adapter(path):
     return read_checkpoint(path)[0]
 
 
-def test_two_workers_equal_one_process(tiny_uneven, tiny_uneven_batch4, tmp_path):
-    """Against one process over batch 4 (the session's tiny_uneven_batch4 run)."""
-    base, train = tiny_uneven
-    single, dist = tiny_uneven_batch4, str(tmp_path / "dist")
-    proc, t2 = _launch(_run_cmd(base, train, dist, "--batch_size", "2", "--use_parallel", "True",
-                                "--parallel_config.data_parallel", "2"), 2, tmp_path / "logs", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"2 workers: {t2:.1f} s")
+def _two_workers_part(request, folder):
+    """The shared msrun job's part: 2 workers x batch 2, 3 steps, on tiny_uneven."""
+    base, train = request.getfixturevalue("tiny_uneven")
+    return tiny.flags(base, train, os.path.join(folder, "dist"), "--max_steps", "3", "--batch_size", "2",
+                      "--use_parallel", "True", "--parallel_config.data_parallel", "2")
+
+
+msrun_jobs.register("lora_data_parallel", _two_workers_part)
+
+
+def test_two_workers_equal_one_process(tiny_uneven_batch4, msrun_shared):
+    """Against one process over batch 4 (the session's tiny_uneven_batch4 run); the 2 workers are the
+    shared msrun job's part lora_data_parallel."""
+    single = tiny_uneven_batch4
+    dist = os.path.join(msrun_shared.check("lora_data_parallel"), "dist")
+    print(f"2 workers (shared job): {msrun_shared.seconds:.1f} s")
 
     ranks = []
     for r in (0, 1):
@@ -83,41 +54,15 @@ def test_two_workers_equal_one_process(tiny_uneven, tiny_uneven_batch4, tmp_path
         final_loss = json.load(f)["final_loss"]
     assert abs(ranks[0]["final_loss"] - final_loss) <= 1e-5 * abs(final_loss)  # the global per-token mean
     assert ranks[1]["final_loss"] == ranks[0]["final_loss"]
-    worker1 = (tmp_path / "logs" / "worker_1.log").read_text()
-    assert "step 3/8" not in worker1  # only rank 0 prints progress
+    worker0 = msrun_shared.section("lora_data_parallel", 0)
+    worker1 = msrun_shared.section("lora_data_parallel", 1)  # what rank 1 printed during this run
+    assert "step 3/8" in worker0 and "step 3/8" not in worker1  # only rank 0 prints progress
     assert not os.path.exists(os.path.join(dist, "checkpoint", "rank_1"))
 
 
-FAILING = '''
-import sys
-from mindpet_lite.train import loop
-_fit = loop.Trainer.fit
-def fit(self, *args, **kwargs):
-    from mindspore.communication import get_rank
-    if get_rank() == 1:
-        import os, time
-        if os.environ.get("MPL_FAILED_AT"):  # when it failed, for tests that time the launchers' reaction
-            with open(os.environ["MPL_FAILED_AT"], "w", encoding="utf-8") as f:
-                f.write(repr(time.time()))
-        raise RuntimeError("worker 1 fails during training on purpose")
-    return _fit(self, *args, **kwargs)
-loop.Trainer.fit = fit
-from mindpet_lite.run import main
-sys.exit(main())
-'''
-
-
-def test_a_failing_worker_fails_the_job(tiny_assets, tmp_path, monkeypatch):
-    base, train, _ = tiny_assets
-    failed_at = tmp_path / "failed_at"
-    monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
-    script = tmp_path / "failing_run.py"
-    script.write_text(FAILING)
-    logs = tmp_path / "logs"
-    cmd = _run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
-                   "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
-    proc, took = _launch(cmd, 2, logs, tmp_path)
-    after = time.time() - float(failed_at.read_text())
+def test_a_failing_worker_fails_the_job(failing_worker_job):
+    """The session's failing_worker_job (tests/train/conftest.py; test_launcher checks it too)."""
+    proc, took, after, logs = failing_worker_job
     print(f"launcher: {took:.1f} s in all, {after:.1f} s after the failure")
     assert proc.returncode != 0
     assert after < 60, after  # the job stops within 60 s of the failure (start-up time is load-dependent)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mindpet_lite.train import parallel
+from tests import msrun_jobs
 from tests.conftest import REPO
 
 LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
@@ -40,7 +41,7 @@ if role == "MS_WORKER" and os.environ.get("FAIL_BEFORE_INIT") == rank_env:
     failed_now()
     raise RuntimeError("worker fails before init on purpose")
 ms.set_context(mode=ms.GRAPH_MODE)
-rank, size = init_parallel("CPU", use_parallel=True)
+rank, size = init_parallel("CPU", use_parallel=True)  # once per process: the shared msrun job's part too
 assert is_distributed() == (size > 1)
 
 x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
@@ -51,9 +52,6 @@ xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
 net = nn.Dense(4, 2, weight_init=Tensor(w0), bias_init="zeros")
 step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), nn.SGD(net.trainable_params(), 0.1))
 for i in range(3):
-    if i == 1 and os.environ.get("FAIL_RANK") == str(rank):
-        failed_now()
-        raise RuntimeError(f"rank {rank} fails during training on purpose")
     step(Tensor(xs), Tensor(ys))
 one = Tensor(np.array([rank + 1.0], np.float32))
 total = ops.AllReduce()(one).asnumpy() if size > 1 else one.asnumpy()
@@ -72,6 +70,7 @@ def _env(**extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MS_") and k not in ("RANK_ID", "RANK_SIZE", "DEVICE_ID")}
     env.pop("MSRUN_LAUNCHER_DRY_RUN", None)
+    env.pop("MSRUN_LAUNCHER_SCHED_LOST_GRACE", None)
     env.pop("PYTHON", None)
     env.update(extra)
     return env
@@ -160,6 +159,13 @@ def test_usage_errors_exit_2(tmp_path, args, message):
     assert "Usage:" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.parametrize("grace", ["0", "soon"])
+def test_bad_sched_lost_grace_exits_2(tmp_path, grace):
+    proc, _ = launch(CMD, 2, cwd=tmp_path, MSRUN_LAUNCHER_DRY_RUN="1", MSRUN_LAUNCHER_SCHED_LOST_GRACE=grace)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"MSRUN_LAUNCHER_SCHED_LOST_GRACE must be an integer >= 1 (seconds), got '{grace}'" in proc.stderr
+
+
 # ---- parallel.py without msrun ---------------------------------------------------------------
 
 MSRUN_ENV = {"MS_WORKER_NUM": "2", "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1",
@@ -232,22 +238,33 @@ def _sgd_reference(steps=3, lr=0.1):
     return w, b
 
 
-def test_data_parallel_equals_one_process(tmp_path, worker):
+def _data_parallel_part(request, folder):  # pylint: disable=unused-argument
+    """The shared msrun job's part (tests/msrun_jobs.py): WORKER on 2 workers, writing to folder/out."""
+    script, out = os.path.join(folder, "worker.py"), os.path.join(folder, "out")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write(WORKER)
+    os.makedirs(out)
+    return script, [out]
+
+
+msrun_jobs.register("launcher_data_parallel", _data_parallel_part, kind="script")
+
+
+def test_data_parallel_equals_one_process(tmp_path, worker, msrun_shared):
+    """WORKER as one process (the launcher's WORKER_NUM 1: run directly) and on 2 msrun workers (the
+    shared msrun job's part launcher_data_parallel, run by the same script in the workers)."""
     out = tmp_path / "out"
     out.mkdir()
     single, t1 = launch(f"python {worker} {out}", 1, cwd=tmp_path)
     assert single.returncode == 0, single.stdout + single.stderr
     assert not (tmp_path / "output").exists()  # no msrun, no msrun_log
 
-    proc, t2 = launch(f"python {worker} {out}", 2, _free_port(), tmp_path / "logs", "True", CEILING,
-                      cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    print(f"1 process: {t1:.1f} s, 2 workers under msrun: {t2:.1f} s")
-    assert {p.name for p in (tmp_path / "logs").iterdir()} >= {
-        "scheduler.log", "worker_0.log", "worker_1.log", "msrun.log"}
+    dist = os.path.join(msrun_shared.check("launcher_data_parallel"), "out")
+    print(f"1 process: {t1:.1f} s, 2 workers under msrun (shared job): {msrun_shared.seconds:.1f} s")
+    assert set(os.listdir(msrun_shared.logs)) >= {"scheduler.log", "worker_0.log", "worker_1.log", "msrun.log"}
 
     ref = np.load(out / "rank0_of1.npz")
-    ranks = [np.load(out / f"rank{r}_of2.npz") for r in (0, 1)]
+    ranks = [np.load(os.path.join(dist, f"rank{r}_of2.npz")) for r in (0, 1)]
     for r in ranks:
         np.testing.assert_array_equal(r["total"], [3.0])  # all-reduce (sum) of rank + 1
         for key in ("w", "b"):
@@ -260,15 +277,21 @@ def test_data_parallel_equals_one_process(tmp_path, worker):
 
 
 @pytest.mark.parametrize("when", ["during_training", "before_init"])
-def test_failing_worker_stops_the_job_and_names_its_log(tmp_path, worker, when):
+def test_failing_worker_stops_the_job_and_names_its_log(request, tmp_path, worker, when):
     """msrun alone: ~30 s more (scheduler heartbeat timeout) during training, CLUSTER_TIME_OUT
     (here 7200 s) before init. Timed from the failure (the worker writes when it raised), so that a
-    slow start-up on a loaded machine does not count; the subprocess ceiling is generous."""
-    failing = {"FAIL_RANK": "1"} if when == "during_training" else {"FAIL_BEFORE_INIT": "1"}
-    logs, failed_at = tmp_path / "logs", tmp_path / "failed_at"
-    proc, took = launch(f"python {worker} {tmp_path}", 2, _free_port(), logs, "True", 7200,
-                        cwd=tmp_path, timeout=CEILING, FAILED_AT=str(failed_at), **failing)
-    after = time.time() - float(failed_at.read_text())
+    slow start-up on a loaded machine does not count; the subprocess ceiling is generous.
+
+    During training: the session's failing_worker_job (tests/train/conftest.py: the runner on 2
+    workers, rank 1 raising as training starts, CLUSTER_TIME_OUT 600 s), which test_distributed checks
+    too; one job for both. Before init: WORKER with rank 1 raising before communication.init()."""
+    if when == "during_training":
+        proc, took, after, logs = request.getfixturevalue("failing_worker_job")
+    else:
+        logs, failed_at = tmp_path / "logs", tmp_path / "failed_at"
+        proc, took = launch(f"python {worker} {tmp_path}", 2, _free_port(), logs, "True", 7200,
+                            cwd=tmp_path, timeout=CEILING, FAILED_AT=str(failed_at), FAIL_BEFORE_INIT="1")
+        after = time.time() - float(failed_at.read_text())
     print(f"{when}: exit {proc.returncode} after {took:.1f} s, {after:.1f} s after the failure")
     assert proc.returncode != 0
     assert after < 60, after
@@ -289,8 +312,10 @@ def test_dead_scheduler_stops_the_workers(tmp_path):
                       "from mindpet_lite.train.parallel import init_parallel\n"
                       "init_parallel('CPU', use_parallel=True)\n")
     logs = tmp_path / "logs"
+    # the launcher's grace for workers outliving their scheduler: 2 s here (default 10), the test's
+    # workers wait for it forever anyway
     proc, took = launch(f"python {script}", 2, _free_port(), logs, "True", 7200, cwd=tmp_path,
-                        timeout=CEILING)
+                        timeout=CEILING, MSRUN_LAUNCHER_SCHED_LOST_GRACE="2")
     after = time.time() - float(failed_at.read_text())
     print(f"dead scheduler: exit {proc.returncode} after {took:.1f} s, {after:.1f} s after the scheduler's exit")
     assert proc.returncode != 0 and after < 60, after

@@ -11,8 +11,10 @@ them (with the veth pair) afterwards; it is skipped when they cannot be created 
 
 * data parallel across the nodes on rows with 2 to 5 label tokens: every rank ends with the same
   adapter, equal (<= 1e-5) to one process over the same global batch;
-* node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log;
-* node 1 never comes up: node 0's launcher exits non-zero after CLUSTER_TIME_OUT (20 s here) and says
+* node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log
+  (node 0's worker learns of it when its AllReduce gives up: after MS_NODE_TIMEOUT, 30 s by default,
+  10 s in this test);
+* node 1 never comes up: node 0's launcher exits non-zero after CLUSTER_TIME_OUT (8 s here) and says
   that the node with NODE_RANK 1 is missing.
 """
 import json
@@ -27,10 +29,13 @@ import numpy as np
 import pytest
 
 from mindpet_lite.run import main as run_main
+from tests import msrun_jobs
 from tests.train import test_distributed as dist
 from tests.train import tiny
 
 ADDR = "10.231.{}.{}"
+NODE_TIMEOUT = 10  # MS_NODE_TIMEOUT of the failing-node test (seconds)
+CLUSTER_TIME_OUT = 8  # of the node-never-comes-up test (seconds): the scheduler's wait for node 1
 
 
 def _ip(*args):
@@ -71,19 +76,22 @@ def two_nodes():
             _ip("netns", "del", name)
 
 
-def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=dist.CEILING, local=1):  # pylint: disable=too-many-arguments
-    args = ["ip", "netns", "exec", namespace, "bash", dist.LAUNCHER, cmd, str(2 * local), str(local), master, "8118",
+def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=msrun_jobs.CEILING, local=1,  # pylint: disable=too-many-arguments
+                env=None):
+    """One node's launcher (9-argument form) in its namespace; ``env``: variables added to the
+    launcher's environment (msrun's own are stripped from this process's)."""
+    args = ["ip", "netns", "exec", namespace, "bash", msrun_jobs.LAUNCHER, cmd, str(2 * local), str(local), master, "8118",
             str(node_rank), str(logs), "True", str(timeout_s)]
-    return subprocess.Popen(args, cwd=cwd, env=dist._env(), stdout=subprocess.PIPE,  # pylint: disable=protected-access
+    return subprocess.Popen(args, cwd=cwd, env={**msrun_jobs.launch_env(), **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _run_nodes(nodes, cmd, tmp_path, timeout=dist.CEILING, local=1):
+def _run_nodes(nodes, cmd, tmp_path, timeout=msrun_jobs.CEILING, local=1, env=None):  # pylint: disable=too-many-arguments
     """Both launchers at once; [(returncode, stdout, stderr, seconds, exit epoch time)] of node 0 and 1.
     `timeout` is a ceiling (10x the idle time and more), the wait itself is on the processes' exits."""
     master = nodes[0][1]
     start = time.monotonic()
-    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path, local=local)
+    procs = [_start_node(ns, cmd, rank, master, tmp_path / f"logs{rank}", tmp_path, local=local, env=env)
              for rank, (ns, _) in enumerate(nodes)]
     results = [None, None]
     try:
@@ -113,9 +121,9 @@ def test_two_nodes_equal_one_process(two_nodes, tiny_uneven, tiny_uneven_batch4,
         single = tiny_uneven_batch4
     else:  # in this process, as tiny_uneven_batch4
         assert run_main(tiny.flags(base, train, single, "--max_steps", "3", "--batch_size", str(2 * workers))) == 0
-    cmd = dist._run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", str(workers))
-    results = _run_nodes(two_nodes, cmd, tmp_path, timeout=dist.CEILING * local, local=local)
+    cmd = msrun_jobs.run_cmd(base, train, multi, "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", str(workers))
+    results = _run_nodes(two_nodes, cmd, tmp_path, timeout=msrun_jobs.CEILING * local, local=local)
     for rank, (code, out, err, took, _) in enumerate(results):
         assert code == 0, f"node {rank}: {out[-2000:]}{err[-2000:]}"
         print(f"node {rank}: {took:.1f} s")
@@ -140,10 +148,13 @@ def test_a_failing_node_fails_both_launchers(two_nodes, tiny_assets, tmp_path, m
     failed_at = tmp_path / "failed_at"
     monkeypatch.setenv("MPL_FAILED_AT", str(failed_at))  # the failing worker writes when it raised
     script = tmp_path / "failing_run.py"
-    script.write_text(dist.FAILING)
-    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
-    results = _run_nodes(two_nodes, cmd, tmp_path)
+    script.write_text(msrun_jobs.FAILING_RUN)
+    cmd = msrun_jobs.run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
+    # MindSpore's node timeout (its heartbeat, and how long a CPU collective waits for a peer): node 0's
+    # AllReduce gives up on node 1's dead worker after it. 10 s, not the default 30, to end the test
+    # sooner; not less, so that a heartbeat on a loaded machine is not taken for a dead node.
+    results = _run_nodes(two_nodes, cmd, tmp_path, env={"MS_NODE_TIMEOUT": str(NODE_TIMEOUT)})
     after = [r[4] - float(failed_at.read_text()) for r in results]
     print("node 0: %.1f s in all, %.1f s after the failure; node 1: %.1f s, %.1f s"
           % (results[0][3], after[0], results[1][3], after[1]))
@@ -168,14 +179,15 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     """Timed from the scheduler's start (its log line), not from the launch: the start-up of python
     and MindSpore on a loaded machine does not count against CLUSTER_TIME_OUT."""
     base, train, _ = tiny_assets
-    cmd = dist._run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",  # pylint: disable=protected-access
-                        "--parallel_config.data_parallel", "2")
+    cmd = msrun_jobs.run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
+                             "--parallel_config.data_parallel", "2")
     start = time.monotonic()
-    proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path, timeout_s=20)
-    out, err = proc.communicate(timeout=dist.CEILING)
+    proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path,
+                       timeout_s=CLUSTER_TIME_OUT)
+    out, err = proc.communicate(timeout=msrun_jobs.CEILING)
     took, ended = time.monotonic() - start, time.time()
     waited = ended - _scheduler_started(tmp_path / "logs0" / "scheduler.log")
     print(f"node 0 alone: {took:.1f} s, {waited:.1f} s after its scheduler started")
     assert proc.returncode != 0, out[-2000:]
     assert "missing node(s) with NODE_RANK 1" in err, err[-3000:]
-    assert 20 <= waited < 90, waited
+    assert CLUSTER_TIME_OUT <= waited < 90, waited

@@ -10,8 +10,8 @@ import yaml
 from mindpet_lite._files import read_checkpoint
 from mindpet_lite.adapters.metadata import read_adapter_file
 from mindpet_lite.run import main
+from tests import msrun_jobs
 from tests.train import tiny
-from tests.train.test_distributed import _launch, _run_cmd
 
 PREFIX = {"pet_type": "ptuning2", "pre_seq_len": 4, "prefix_projection": True, "projection_dim": 16,
           "dropout_prob": 0.0}
@@ -63,17 +63,24 @@ def test_ptuning2_through_the_runner_and_resume(tiny_assets, tmp_path, capsys):
     assert max(float(np.abs(tensors[k] - resumed[k]).max()) for k in tensors) <= 1e-5
 
 
-def test_ptuning2_two_workers_equal_one_process(tiny_uneven, tmp_path):
+def _two_workers_part(request, folder):
+    """The shared msrun job's part: 2 workers x batch 2, 3 steps, ptuning2, on tiny_uneven."""
+    base, train = request.getfixturevalue("tiny_uneven")
+    flags = tiny.flags(base, train, os.path.join(folder, "dist"), "--max_steps", "3", "--batch_size", "2",
+                       "--use_parallel", "True", "--parallel_config.data_parallel", "2")
+    flags[flags.index("--config") + 1] = prefix_yaml(folder)
+    return flags
+
+
+msrun_jobs.register("ptuning2_data_parallel", _two_workers_part)
+
+
+def test_ptuning2_two_workers_equal_one_process(tiny_uneven, msrun_shared, tmp_path):
+    """The shared msrun job's part ptuning2_data_parallel against one process over batch 4 (run here)."""
     base, train = tiny_uneven
-    config = prefix_yaml(str(tmp_path))
-    single, dist = str(tmp_path / "single"), str(tmp_path / "dist")
-    proc, _ = _launch(_run_cmd(base, train, single, "--batch_size", "4").replace(tiny.TINY_YAML, config), 1, None,
-                      tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    cmd = _run_cmd(base, train, dist, "--batch_size", "2", "--use_parallel", "True", "--parallel_config.data_parallel",
-                   "2").replace(tiny.TINY_YAML, config)
-    proc, _ = _launch(cmd, 2, tmp_path / "logs", tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = str(tmp_path / "single")
+    assert run(prefix_yaml(str(tmp_path)), base, train, single, "--max_steps", "3", "--batch_size", "4") == 0
+    dist = os.path.join(msrun_shared.check("ptuning2_data_parallel"), "dist")
     ranks = []
     for r in (0, 1):
         with open(os.path.join(dist, "ranks", f"rank_{r}.json"), encoding="utf-8") as f:
