@@ -18,6 +18,7 @@ from mindpet_lite.adapters.metadata import write_adapter_file
 from mindpet_lite.models.generation import generate
 from mindpet_lite.pet import get_pet_model
 from tests.adapters.conftest import randomize, tiny_llama
+from tests.modes import pynative
 
 ms.set_device("CPU")
 PROMPTS = [[5, 9, 3, 17, 22, 8], [40, 2], [11, 12, 13, 14], [7, 7, 30]]
@@ -89,8 +90,9 @@ def test_mixed_batch_of_files_equals_single_adapter_networks(files):
     names = ["b", "c", "__base__", "default"]
     mixed, mixed_logits = generate(net, PROMPTS, NEW, adapter_names=names, use_past=True, output_logits=True)
     for row, name in enumerate(names):
-        seqs, logits = generate(_single(files, {"default": "a", "__base__": None}.get(name, name)), PROMPTS, NEW,
-                                use_past=True, output_logits=True)
+        with pynative():  # the reference: no graph compiles for each single-adapter network
+            seqs, logits = generate(_single(files, {"default": "a", "__base__": None}.get(name, name)), PROMPTS, NEW,
+                                    use_past=True, output_logits=True)
         assert mixed[row] == seqs[row], name
         for step in range(NEW):
             np.testing.assert_allclose(mixed_logits[step][row], logits[step][row], atol=1e-5, rtol=0)
@@ -123,7 +125,8 @@ def test_saved_from_multi_loads_into_single_and_exports_to_peft_unchanged(files,
     assert (config["lora_rank"], config["lora_alpha"], config["use_rslora"]) == (2, 3, True)
     assert meta["base_fingerprint"] == original_meta["base_fingerprint"]
     single = _single(dict(files, c=saved), "c")  # built from the saved metadata, loaded strictly
-    assert generate(single, PROMPTS, NEW) == generate(_single(files, "c"), PROMPTS, NEW)
+    with pynative():  # two single-adapter networks compared: no graph compiles for either
+        assert generate(single, PROMPTS, NEW) == generate(_single(files, "c"), PROMPTS, NEW)
     dirs = {}
     for tag, path in (("original", files["c"]), ("saved", saved)):
         dirs[tag] = str(tmp_path / f"peft_{tag}")
@@ -143,15 +146,16 @@ def test_saved_from_multi_loads_into_single_and_exports_to_peft_unchanged(files,
 
 def test_switch_delete_and_the_public_api(files):
     net = _multi(files)
-    fresh_c = generate(_single(files, "c"), PROMPTS, NEW)
+    with pynative():  # the references: no graph compiles for each single-adapter network
+        fresh = {name: generate(_single(files, name), PROMPTS, NEW) for name in ("c", "a", None)}
     mindpet_lite.set_adapter(net, "c")
-    assert generate(net, PROMPTS, NEW) == fresh_c
+    assert generate(net, PROMPTS, NEW) == fresh["c"]
     mindpet_lite.delete_adapter(net, "c")
     assert mindpet_lite.list_adapters(net) == ["default", "b"]
     assert not any("__c" in n for n, _ in net.parameters_and_names())
-    assert generate(net, PROMPTS, NEW) == generate(_single(files, "a"), PROMPTS, NEW)  # back to the first
+    assert generate(net, PROMPTS, NEW) == fresh["a"]  # back to the first
     with mindpet_lite.disable_adapter(net):
-        assert generate(net, PROMPTS, NEW) == generate(_single(files, None), PROMPTS, NEW)
+        assert generate(net, PROMPTS, NEW) == fresh[None]
 
 
 def test_refusals_name_the_problem_before_any_change(files, tmp_path):
@@ -207,7 +211,9 @@ def test_a_rank_pattern_adapter_as_a_named_one(files, tmp_path):
     single = _single(dict(files, pat=path), "pat")
     names = ["pat", "b", "pat", "__base__"]
     mixed = generate(multi, PROMPTS, NEW, adapter_names=names, use_past=True)
-    assert [mixed[i] for i in (0, 2)] == [generate(single, PROMPTS, NEW, use_past=True)[i] for i in (0, 2)]
+    with pynative():  # the reference: no graph compiles for the single-adapter network
+        alone = generate(single, PROMPTS, NEW, use_past=True)
+    assert [mixed[i] for i in (0, 2)] == [alone[i] for i in (0, 2)]
     again = str(tmp_path / "pattern_again.safetensors")
     meta = save_adapter(multi, again, adapter_name="pat")
     original, original_meta = read_adapter(path)

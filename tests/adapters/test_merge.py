@@ -11,6 +11,7 @@ from mindpet_lite.adapters.merge import (merge_adapter, merge_checkpoint, merge_
                                          unmerge_checkpoint)
 from mindpet_lite import _files
 from tests.adapters.conftest import numpy_params, randomize, small_net, tiny_llama
+from tests.modes import pynative
 from tests.reference import merged_weight
 
 A, B = "mindpet_delta_lora_a", "mindpet_delta_lora_b"
@@ -224,6 +225,7 @@ def _bf16(array):
     return Tensor(array).astype(ms.bfloat16).asnumpy()
 
 
+@pynative()  # numbers of merged weights, not a graph property: no graph compile for each of the 4 networks
 def test_bf16_drift(tmp_path):
     """bf16 base weights: merging in float32 and casting once gives the correctly rounded W', whose
     logit drift is of the unmerged bf16 model's own order, and below a merge done in bf16 arithmetic.

@@ -1,0 +1,21 @@
+"""Execution-mode helpers for the tests."""
+import contextlib
+
+import mindspore as ms
+
+
+@contextlib.contextmanager
+def pynative():
+    """Run the block in PYNATIVE_MODE, then restore the mode set before.
+
+    For references the network itself computes (a single-adapter run, one prompt alone, a full forward)
+    beside a GRAPH_MODE run under test: on the tests' tiny networks each new network or input shape
+    costs a GRAPH_MODE compile of 1-2 s, a PyNative run a fraction of that, and on CPU both run the same
+    kernels (the same numbers). What a test checks in GRAPH_MODE stays in GRAPH_MODE; switching the mode
+    keeps the compiled graphs of the networks for the next GRAPH_MODE call."""
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=before)
