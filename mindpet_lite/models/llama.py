@@ -57,7 +57,7 @@ from mindpet_lite.models.loss import causal_lm_loss, token_log_likelihood
 logger = logging.getLogger(__name__)
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "llama_param_shapes", "count_params", "causal_lm_loss",
-           "recompute_layers"]
+           "token_log_likelihood", "recompute_layers"]
 
 
 # ------------------------------------------------------------------------------------------------

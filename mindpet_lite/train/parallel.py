@@ -160,7 +160,11 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None, d
             f"--use_parallel True), or run one process without msrun (launcher WORKER_NUM 1)")
     _check_data_parallel(data_parallel, env.worker_num, "MS_WORKER_NUM")
     if _STATE.get("initialised"):  # init() may run once per process
-        return _STATE["rank_id"], _STATE["rank_size"]
+        rank_id, rank_size = _STATE["rank_id"], _STATE["rank_size"]
+        # The context is set again: a caller in between (predict) may have reset it, and a training
+        # run after that in this process must still average its gradients over the group.
+        _set_data_parallel(rank_size)
+        return rank_id, rank_size
 
     on_device = device_target is not None and device_target.upper() != "CPU"
     if on_device and device_id is not None and env.device_id is not None and device_id != env.device_id:
@@ -169,11 +173,16 @@ def init_parallel(device_target="CPU", use_parallel=False, data_parallel=None, d
     _set_device(device_target, env.device_id if env.device_id is not None else device_id)
     init()  # the scheduler stays in here until the job ends, then exits
     rank_id, rank_size = get_rank(), get_group_size()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=rank_size)
+    _set_data_parallel(rank_size)
     _STATE.update(rank_id=rank_id, rank_size=rank_size, initialised=True)
     logger.info("data parallel: rank %d of %d", rank_id, rank_size)
     return rank_id, rank_size
+
+
+def _set_data_parallel(rank_size):
+    """DATA_PARALLEL with the mean of the gradients over all ``rank_size`` workers."""
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=rank_size)
 
 
 def _set_device(device_target, device_id):

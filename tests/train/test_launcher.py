@@ -9,7 +9,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np

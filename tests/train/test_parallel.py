@@ -83,3 +83,17 @@ def test_under_msrun_the_same_device_id_is_quiet(fake_msrun, set_device_calls, c
         parallel.init_parallel("Ascend", use_parallel=True, device_id=1)
     assert set_device_calls == [("Ascend", 1)]
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_second_call_sets_data_parallel_again_after_a_reset(fake_msrun, monkeypatch):
+    """init() runs once per process, but the context is set on every call: predict resets it for its
+    inference graphs, and a training run after that in the same process must still average gradients."""
+    contexts, inits = [], []
+    monkeypatch.setattr(parallel.ms, "set_auto_parallel_context", lambda **kwargs: contexts.append(kwargs))
+    monkeypatch.setattr(parallel, "init", lambda: inits.append(1))
+    assert parallel.init_parallel("CPU", use_parallel=True) == (1, 2)
+    parallel.ms.reset_auto_parallel_context()  # what predict does after init_parallel
+    assert parallel.init_parallel("CPU", use_parallel=True) == (1, 2)
+    assert len(inits) == 1
+    expected = {"parallel_mode": parallel.ms.ParallelMode.DATA_PARALLEL, "gradients_mean": True, "device_num": 2}
+    assert contexts == [expected, expected]
