@@ -24,7 +24,7 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],  # README's test command runs on 2 workers (-n 2 --dist loadgroup)
         "data": ["sentencepiece"],
         "plot": ["matplotlib"],
         "mindformers": ["mindformers==1.9.0"],

@@ -15,7 +15,7 @@ import mindspore as ms
 import pytest
 
 from mindpet_lite.run import main as run_main
-from tests.msrun_jobs import REPO, run_shared  # noqa: F401  # REPO: tests import it from here
+from tests.msrun_jobs import MSRUN_GROUP, REPO, run_shared  # noqa: F401  # REPO: tests import it from here
 from tests.train import tiny
 
 ms.set_device("CPU")
@@ -30,11 +30,29 @@ def pytest_configure(config):
     Under pytest-xdist (`-n 2`) the controller stays where it is: it collects nothing, and its workers
     start in its working directory (test paths are relative to it), then each moves to a scratch
     directory of its own here."""
+    config.addinivalue_line("markers", f"xdist_group(name): tests that run in one pytest-xdist worker "
+                                       f"('{MSRUN_GROUP}': the modules that launch msrun jobs)")
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
     config._mindpet_lite_old_cwd = os.getcwd()  # pylint: disable=protected-access
     config._mindpet_lite_scratch = tempfile.mkdtemp(prefix="mindpet_lite_tests_")  # pylint: disable=protected-access
     os.chdir(config._mindpet_lite_scratch)  # pylint: disable=protected-access
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (its loadgroup suffix)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, README's command): one test module is one unit of
+    work, so that its module fixtures are built once; the modules marked ``xdist_group(MSRUN_GROUP)``
+    are one unit together, so that the session's msrun jobs (msrun_shared, failing_worker_job) and
+    in-process references (tiny_uneven_batch4) are built once and the multi-process jobs never run
+    beside each other. That unit is the largest (~1/3 of the suite): it goes first, and the other
+    worker takes the in-process modules meanwhile. Serial runs keep the collection order."""
+    if not hasattr(config, "workerinput"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != MSRUN_GROUP)
 
 
 def pytest_unconfigure(config):

@@ -33,6 +33,10 @@ from tests.train import tiny
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
 
+# The pytest-xdist group of the test modules that launch msrun jobs or use the session's shared ones
+# (tests/conftest.py): they run one after another in one worker.
+MSRUN_GROUP = "msrun"
+
 # Ceilings, not measures: on a loaded machine a job may take 10x its idle time and pass; the cluster
 # (CLUSTER_TIME_OUT) and the subprocess get the same generous bound.
 CEILING = 600

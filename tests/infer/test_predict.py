@@ -21,6 +21,8 @@ from mindpet_lite.train import load_base_checkpoint
 from tests import msrun_jobs
 from tests.train import tiny
 
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
+
 PROMPTS = ["rev abcd =", "rev pon =", "rev ab =", "rev hgfe ="]
 PET = dict(pet_type="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=".*wq|.*wv")
 

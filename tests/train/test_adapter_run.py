@@ -12,6 +12,8 @@ from mindpet_lite.run import main
 from tests import msrun_jobs
 from tests.train import tiny
 
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
+
 PET = {"adapter": {"pet_type": "adapter", "target_modules": ".*wo|.*w2", "bottleneck_size": 8},
        "low_rank_adapter": {"pet_type": "low_rank_adapter", "target_modules": ".*wo|.*w2", "reduction_factor": 4}}
 

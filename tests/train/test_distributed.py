@@ -12,9 +12,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tests import msrun_jobs
 from tests.train import tiny
+
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
 
 
 def _adapter(path):

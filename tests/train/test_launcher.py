@@ -18,6 +18,8 @@ from mindpet_lite.train import parallel
 from tests import msrun_jobs
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
+
 LAUNCHER = os.path.join(REPO, "scripts", "msrun_launcher.sh")
 
 WORKER = r'''

@@ -33,6 +33,8 @@ from tests import msrun_jobs
 from tests.train import test_distributed as dist
 from tests.train import tiny
 
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
+
 ADDR = "10.231.{}.{}"
 NODE_TIMEOUT = 10  # MS_NODE_TIMEOUT of the failing-node test (seconds)
 CLUSTER_TIME_OUT = 8  # of the node-never-comes-up test (seconds): the scheduler's wait for node 1

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import yaml
 
 from mindpet_lite._files import read_checkpoint
@@ -12,6 +13,8 @@ from mindpet_lite.adapters.metadata import read_adapter_file
 from mindpet_lite.run import main
 from tests import msrun_jobs
 from tests.train import tiny
+
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
 
 PREFIX = {"pet_type": "ptuning2", "pre_seq_len": 4, "prefix_projection": True, "projection_dim": 16,
           "dropout_prob": 0.0}

@@ -10,8 +10,11 @@ import pytest
 from mindpet_lite.run import main
 from mindpet_lite.train.run_config import LrScheduleConfig
 from mindpet_lite.train.schedule import lr_values, warmup_steps_for
+from tests import msrun_jobs
 from tests.train import tiny
 from tests.reference import lr_schedule
+
+pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for the msrun jobs (tests/conftest.py)
 
 
 # ---- lr schedule against a numpy formula ---------------------------------------------------------
