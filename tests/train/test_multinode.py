@@ -81,11 +81,28 @@ def two_nodes():
 def _start_node(namespace, cmd, node_rank, master, logs, cwd, timeout_s=msrun_jobs.CEILING, local=1,  # pylint: disable=too-many-arguments
                 env=None):
     """One node's launcher (9-argument form) in its namespace; ``env``: variables added to the
-    launcher's environment (msrun's own are stripped from this process's)."""
+    launcher's environment (msrun's own are stripped from this process's).
+
+    Its stdout and stderr go to files in ``cwd`` (:func:`_output` reads them), not to pipes: the launcher
+    follows every worker log on its stdout, and on a loaded machine node 1's workers log a retry line a
+    second until node 0's scheduler is up. Past a pipe's 64 KiB, with nobody reading until the launcher
+    exits, its `tail` blocked on the write and the launcher waited for that `tail` for ever (seen once:
+    2 x 2 workers beside the suite and a training job, 63 KB of node 1 output, the job done in 50 s, the
+    test's 1,200 s ceiling reached)."""
     args = ["ip", "netns", "exec", namespace, "bash", msrun_jobs.LAUNCHER, cmd, str(2 * local), str(local), master, "8118",
             str(node_rank), str(logs), "True", str(timeout_s)]
-    return subprocess.Popen(args, cwd=cwd, env={**msrun_jobs.launch_env(), **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(os.path.join(cwd, f"node{node_rank}.out"), "w", encoding="utf-8") as out, \
+            open(os.path.join(cwd, f"node{node_rank}.err"), "w", encoding="utf-8") as err:
+        return subprocess.Popen(args, cwd=cwd, env={**msrun_jobs.launch_env(), **(env or {})}, stdout=out, stderr=err)
+
+
+def _output(cwd, node_rank):
+    """(stdout, stderr) of node ``node_rank``'s launcher (see :func:`_start_node`)."""
+    texts = []
+    for stream in ("out", "err"):
+        with open(os.path.join(cwd, f"node{node_rank}.{stream}"), encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    return tuple(texts)
 
 
 def _run_nodes(nodes, cmd, tmp_path, timeout=msrun_jobs.CEILING, local=1, env=None):  # pylint: disable=too-many-arguments
@@ -100,15 +117,14 @@ def _run_nodes(nodes, cmd, tmp_path, timeout=msrun_jobs.CEILING, local=1, env=No
         while any(r is None for r in results):
             for i, proc in enumerate(procs):
                 if results[i] is None and proc.poll() is not None:
-                    out, err = proc.communicate()
-                    results[i] = (proc.returncode, out, err, time.monotonic() - start, time.time())
+                    results[i] = (proc.returncode, *_output(tmp_path, i), time.monotonic() - start, time.time())
             assert time.monotonic() - start < timeout, "the launchers did not finish"
             time.sleep(0.2)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
     return results
 
 
@@ -186,8 +202,9 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     start = time.monotonic()
     proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path,
                        timeout_s=CLUSTER_TIME_OUT)
-    out, err = proc.communicate(timeout=msrun_jobs.CEILING)
+    proc.wait(timeout=msrun_jobs.CEILING)
     took, ended = time.monotonic() - start, time.time()
+    out, err = _output(tmp_path, 0)
     waited = ended - _scheduler_started(tmp_path / "logs0" / "scheduler.log")
     print(f"node 0 alone: {took:.1f} s, {waited:.1f} s after its scheduler started")
     assert proc.returncode != 0, out[-2000:]
