@@ -15,6 +15,7 @@ import mindspore as ms
 import pytest
 
 from mindpet_lite.run import main as run_main
+from tests.modes import keep_mode
 from tests.msrun_jobs import MSRUN_GROUP, REPO, run_shared  # noqa: F401  # REPO: tests import it from here
 from tests.train import tiny
 
@@ -62,6 +63,17 @@ def pytest_unconfigure(config):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_starts_in_pynative():
+    """Every test module starts in MindSpore's default PYNATIVE_MODE, whatever the module before it
+    left: the runner, which some tests run in this process, sets GRAPH_MODE and leaves it, and so do
+    some tests. Without this a module's mode followed the order the modules ran in, and under
+    pytest-xdist that order differs from the serial one: modules that ran in PYNATIVE_MODE serially
+    compiled a graph per network there (the suite's summed test time grew from 930 s to 1,199 s).
+    A test that needs GRAPH_MODE sets it (the ``mode`` fixture, or ``ms.set_context``)."""
+    ms.set_context(mode=PYNATIVE)
+
+
 @pytest.fixture(params=[GRAPH, PYNATIVE], ids=["graph", "pynative"])
 def mode(request):
     """Run the test in GRAPH_MODE and in PYNATIVE_MODE; the mode set before comes back after (a test
@@ -97,7 +109,8 @@ def tiny_uneven_batch4(tiny_uneven, tmp_path_factory):
     Its adapter is also the second adapter of the msrun predict test (tests/infer/test_predict.py)."""
     base, train = tiny_uneven
     out = str(tmp_path_factory.mktemp("tiny_uneven_batch4") / "run")
-    assert run_main(tiny.flags(base, train, out, "--max_steps", "3", "--batch_size", "4")) == 0
+    with keep_mode():
+        assert run_main(tiny.flags(base, train, out, "--max_steps", "3", "--batch_size", "4")) == 0
     return out
 
 
@@ -109,7 +122,8 @@ def predict_trained(tiny_assets, tmp_path_factory):
     base = tiny_assets[0]
     data = tiny.make_data(folder, rows=16)
     out = os.path.join(folder, "run")
-    assert run_main(tiny.flags(base, data, out, "--max_steps", "3")) == 0
+    with keep_mode():
+        assert run_main(tiny.flags(base, data, out, "--max_steps", "3")) == 0
     return base, os.path.join(out, "adapter.ckpt")
 
 

@@ -19,3 +19,15 @@ def pynative():
         yield
     finally:
         ms.set_context(mode=before)
+
+
+@contextlib.contextmanager
+def keep_mode():
+    """Restore the mode set before once the block ends: for session fixtures that run the runner in
+    this process (it sets GRAPH_MODE, `context.mode`, and leaves it, as MindFormers' runner does), so
+    that the mode of the test that first asked for the fixture does not change under it."""
+    before = ms.get_context("mode")
+    try:
+        yield
+    finally:
+        ms.set_context(mode=before)
