@@ -195,13 +195,18 @@ def _scheduler_started(log):
 
 def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     """Timed from the scheduler's start (its log line), not from the launch: the start-up of python
-    and MindSpore on a loaded machine does not count against CLUSTER_TIME_OUT."""
+    and MindSpore on a loaded machine does not count against CLUSTER_TIME_OUT. Node 0's scheduler
+    starts once node 0's worker has imported MindSpore (msrun_jobs.GATED_RUN): without that gate, in
+    CI beside the other pytest worker, node 0's own worker missed the 8 s too and the launcher rightly
+    named nodes 0 and 1."""
     base, train, _ = tiny_assets
+    script = tmp_path / "gated_run.py"
+    script.write_text(msrun_jobs.GATED_RUN)
     cmd = msrun_jobs.run_cmd(base, train, str(tmp_path / "o"), "--batch_size", "2", "--use_parallel", "True",
-                             "--parallel_config.data_parallel", "2")
+                             "--parallel_config.data_parallel", "2", script=shlex.quote(str(script)))
     start = time.monotonic()
     proc = _start_node(two_nodes[0][0], cmd, 0, two_nodes[0][1], tmp_path / "logs0", tmp_path,
-                       timeout_s=CLUSTER_TIME_OUT)
+                       timeout_s=CLUSTER_TIME_OUT, env={"MPL_WORKER_READY": str(tmp_path / "worker_ready")})
     proc.wait(timeout=msrun_jobs.CEILING)
     took, ended = time.monotonic() - start, time.time()
     out, err = _output(tmp_path, 0)
@@ -210,3 +215,6 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     assert proc.returncode != 0, out[-2000:]
     assert "missing node(s) with NODE_RANK 1" in err, err[-3000:]
     assert CLUSTER_TIME_OUT <= waited < 90, waited
+    joined = re.findall(r"The new node: \d+\(role: MS_WORKER\), rank id: (\d+)",
+                        (tmp_path / "logs0" / "scheduler.log").read_text(errors="replace"))
+    assert joined == ["0"], joined  # node 0's worker was in the cluster: only node 1 was missing
