@@ -14,8 +14,9 @@ them (with the veth pair) afterwards; it is skipped when they cannot be created 
 * node 1's worker fails during training: both launchers exit non-zero, node 1's names its worker log
   (node 0's worker learns of it when its AllReduce gives up: after MS_NODE_TIMEOUT, 30 s by default,
   10 s in this test);
-* node 1 never comes up: node 0's launcher exits non-zero after CLUSTER_TIME_OUT (8 s here) and says
-  that the node with NODE_RANK 1 is missing.
+* node 1 never comes up: node 0's launcher exits non-zero after CLUSTER_TIME_OUT (20 s here) and says
+  that the node with NODE_RANK 1 is missing (and node 0 too when, on a loaded machine, its own worker
+  did not join in that time).
 """
 import json
 import os
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.xdist_group(msrun_jobs.MSRUN_GROUP)  # one worker for t
 
 ADDR = "10.231.{}.{}"
 NODE_TIMEOUT = 10  # MS_NODE_TIMEOUT of the failing-node test (seconds)
-CLUSTER_TIME_OUT = 8  # of the node-never-comes-up test (seconds): the scheduler's wait for node 1
+CLUSTER_TIME_OUT = 20  # of the node-never-comes-up test (seconds): the scheduler's wait for node 1
 
 
 def _ip(*args):
@@ -197,8 +198,12 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     """Timed from the scheduler's start (its log line), not from the launch: the start-up of python
     and MindSpore on a loaded machine does not count against CLUSTER_TIME_OUT. Node 0's scheduler
     starts once node 0's worker has imported MindSpore (msrun_jobs.GATED_RUN): without that gate, in
-    CI beside the other pytest worker, node 0's own worker missed the 8 s too and the launcher rightly
-    named nodes 0 and 1."""
+    CI beside the other pytest worker, node 0's own worker missed the then 8 s CLUSTER_TIME_OUT and the
+    launcher rightly named nodes 0 and 1. Even with it, beside the suite and a training job, node 0's
+    worker failed to register for the 6 s that were left (its connections to the running scheduler
+    failed one after another) and gave up with it. So node 0's worker may miss the cluster on a loaded
+    machine: the launcher must then name node 0 as well, and the scheduler's log says which ranks
+    joined. Idle, node 0's rank joins within a second and only node 1 is named."""
     base, train, _ = tiny_assets
     script = tmp_path / "gated_run.py"
     script.write_text(msrun_jobs.GATED_RUN)
@@ -213,8 +218,11 @@ def test_a_node_that_never_comes_up(two_nodes, tiny_assets, tmp_path):
     waited = ended - _scheduler_started(tmp_path / "logs0" / "scheduler.log")
     print(f"node 0 alone: {took:.1f} s, {waited:.1f} s after its scheduler started")
     assert proc.returncode != 0, out[-2000:]
-    assert "missing node(s) with NODE_RANK 1" in err, err[-3000:]
     assert CLUSTER_TIME_OUT <= waited < 90, waited
     joined = re.findall(r"The new node: \d+\(role: MS_WORKER\), rank id: (\d+)",
                         (tmp_path / "logs0" / "scheduler.log").read_text(errors="replace"))
-    assert joined == ["0"], joined  # node 0's worker was in the cluster: only node 1 was missing
+    assert joined in ([], ["0"]), joined  # rank 1 (node 1) never started
+    missing = "1" if joined else "0 1"
+    if not joined:
+        print("node 0's worker did not join either (a loaded machine)")
+    assert f"missing node(s) with NODE_RANK {missing} (" in err, err[-3000:]
