@@ -134,15 +134,15 @@ sys.exit(main())
 # runner (it then writes $MPL_WORKER_READY): the scheduler's CLUSTER_TIME_OUT counts from its own start,
 # and on a loaded machine a worker that started with it reached init() more than 8 s after it (CI, stop
 # 26: "missing node(s) with NODE_RANK 0 1"). For tests of a node that never comes up, where node 0's
-# worker must be in the cluster. The wait is bound by the file, with a ceiling.
-GATED_RUN = '''
+# worker should be in the cluster. The wait is bound by the file, with CEILING as its ceiling.
+GATED_RUN = f'''
 import os, sys, time
 from mindpet_lite.run import main
 ready = os.environ["MPL_WORKER_READY"]
 if os.environ.get("MS_ROLE") == "MS_WORKER":
     open(ready, "w", encoding="utf-8").close()
 elif os.environ.get("MS_ROLE") == "MS_SCHED":
-    give_up = time.monotonic() + float(os.environ.get("MPL_READY_CEILING", "600"))
+    give_up = time.monotonic() + {CEILING}
     while not os.path.exists(ready):
         if time.monotonic() > give_up:
             sys.exit("the worker never wrote " + ready)
